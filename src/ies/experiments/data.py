@@ -1,0 +1,460 @@
+"""In-memory datasets for the IES experiments.
+
+Every loader returns a :class:`TensorData`: float32 inputs and int64 labels held as
+tensors, already normalized, so the training loop only has to slice and move them.
+
+* ``mnist1d``: generated locally with ``mnist1d.data.make_dataset`` (never downloaded)
+  and cached as ``.npz``.
+* ``fashion-mnist``: parsed from the IDX files (``.gz`` or plain).
+* ``cifar10`` / ``cifar100``: parsed from the standard "python version" pickle batches.
+
+No loader downloads anything; a missing dataset raises ``FileNotFoundError`` saying
+where to get it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import struct
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "TensorData",
+    "DATASETS",
+    "load_dataset",
+    "subset_classes",
+    "resize_images",
+    "read_idx",
+    "default_cache_dir",
+]
+
+DATASETS: Tuple[str, ...] = ("mnist1d", "fashion-mnist", "cifar10", "cifar100")
+
+# Default locations of the file-based datasets (Debian-style packages install here).
+_DEFAULT_DIRS: Dict[str, str] = {
+    "fashion-mnist": "/usr/share/datasets/fashion-mnist",
+    "cifar10": "/usr/share/datasets/cifar10",
+    "cifar100": "/usr/share/datasets/cifar100",
+}
+
+# Fashion-MNIST statistics of the [0, 1]-scaled training pixels.
+_FASHION_MEAN, _FASHION_STD = 0.2860, 0.3530
+# Per-channel statistics of the [0, 1]-scaled training images.
+_CIFAR_STATS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+# Bump when the cached mnist1d arrays change meaning, so stale caches are ignored.
+_MNIST1D_CACHE_VERSION = 1
+
+
+@dataclass
+class TensorData:
+    """A dataset held as tensors in memory.
+
+    ``x_*`` are float32 (``(N, L)`` for 1-D data, ``(N, C, H, W)`` for images) and
+    ``y_*`` are int64 class indices in ``[0, num_classes)``.
+    """
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    x_val: Optional[Tensor] = None
+    y_val: Optional[Tensor] = None
+    num_classes: int = 10
+    name: str = ""
+    image: bool = False  # True for (N, C, H, W) image data (augmentation applies)
+
+    def __len__(self) -> int:
+        """Number of training samples."""
+        return int(self.x_train.shape[0])
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: Optional[str] = None,
+    train_size: Optional[int] = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    cache_dir: Optional[str] = None,
+    data_seed: int = 42,
+) -> TensorData:
+    """Load dataset ``name`` (one of :data:`DATASETS`) as tensors.
+
+    Args:
+        name: dataset name, case-insensitive.
+        data_dir: folder holding the dataset files (file-based datasets only).
+        train_size: size of the train split. For mnist1d it sets how many samples are
+            generated (default 4000 train / 1000 test); for the others it takes a seeded
+            random subset of the official train split (default: all of it).
+        val_fraction: fraction in ``[0, 0.5)`` of the train split held out, seeded, as
+            ``x_val``/``y_val`` and removed from training.
+        seed: seed of the train subset and the validation split only. Pass the same value
+            across training seeds to keep the splits fixed.
+        cache_dir: where generated mnist1d arrays are cached (default ``$IES_CACHE_DIR``
+            or ``~/.cache/ies``).
+        data_seed: seed of the mnist1d generator, independent of ``seed`` so the data
+            is the same for every training seed.
+    """
+    key = name.lower().strip()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if not 0.0 <= val_fraction < 0.5:
+        raise ValueError(
+            f"val_fraction must be in [0, 0.5), got {val_fraction}; "
+            "pass e.g. 0.1 to hold out 10% of the train split, or 0 for none"
+        )
+    if train_size is not None and int(train_size) < 1:
+        raise ValueError(f"train_size must be a positive integer, got {train_size}; omit it to use the default size")
+
+    if key == "mnist1d":
+        x_tr, y_tr, x_te, y_te = _load_mnist1d(train_size, data_seed, cache_dir)
+        data = TensorData(x_tr, y_tr, x_te, y_te, num_classes=10, name=key, image=False)
+    elif key == "fashion-mnist":
+        data = _load_fashion_mnist(data_dir)
+    else:
+        data = _load_cifar(key, data_dir)
+
+    gen = torch.Generator().manual_seed(int(seed))
+    if train_size is not None and key != "mnist1d":
+        data = _take_train_subset(data, int(train_size), gen)
+    if val_fraction > 0.0:
+        data = _split_val(data, val_fraction, gen)
+    return data
+
+
+def subset_classes(data: TensorData, classes: Sequence[int]) -> TensorData:
+    """Keep only samples of ``classes`` and relabel them ``0..k-1`` in the given order."""
+    classes = [int(c) for c in classes]
+    if not classes:
+        raise ValueError("classes is empty; pass at least one class index, e.g. [0, 1]")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes has duplicates: {classes}; pass each class index once")
+    bad = [c for c in classes if not 0 <= c < data.num_classes]
+    if bad:
+        raise ValueError(
+            f"classes {bad} are out of range for {data.num_classes}-class data; "
+            f"use indices in [0, {data.num_classes})"
+        )
+    # Lookup table old label -> new label (-1 = dropped); shape (num_classes,).
+    table = torch.full((data.num_classes,), -1, dtype=torch.long)
+    table[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
+
+    def pick(x: Optional[Tensor], y: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        if x is None or y is None:
+            return x, y
+        new = table[y.long().cpu()].to(y.device)
+        keep = new >= 0
+        return x[keep], new[keep]
+
+    x_tr, y_tr = pick(data.x_train, data.y_train)
+    x_te, y_te = pick(data.x_test, data.y_test)
+    x_va, y_va = pick(data.x_val, data.y_val)
+    return replace(
+        data,
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        x_val=x_va,
+        y_val=y_va,
+        num_classes=len(classes),
+        name=f"{data.name}[{','.join(map(str, classes))}]",
+    )
+
+
+def resize_images(x: Tensor, size: Union[int, Tuple[int, int]]) -> Tensor:
+    """Resize ``(N, C, H, W)`` images to ``size`` (int or ``(H, W)``), bilinear, no antialias."""
+    if x.dim() != 4:
+        raise ValueError(f"resize_images expects (N, C, H, W) images, got shape {tuple(x.shape)}; add the missing dims")
+    hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if min(hw) < 1:
+        raise ValueError(f"size must be positive, got {size}; pass e.g. 32 or (32, 32)")
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    # interpolate needs a floating dtype; uint8 pixels round-trip through float32.
+    src = x if x.is_floating_point() else x.float()
+    out = F.interpolate(src, size=hw, mode="bilinear", align_corners=False, antialias=False)
+    return out if x.is_floating_point() else out.round().clamp(0, 255).to(x.dtype)
+
+
+def default_cache_dir() -> Path:
+    """``$IES_CACHE_DIR`` if set, else ``~/.cache/ies``."""
+    env = os.environ.get("IES_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ies"
+
+
+def read_idx(path: Union[str, Path], expected_ndim: Optional[int] = None) -> Tensor:
+    """Parse an IDX file (optionally gzipped) of unsigned bytes into a uint8 tensor."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:  # type: ignore[operator]
+        raw = f.read()
+    if len(raw) < 4:
+        raise ValueError(f"{path} is too short to be an IDX file; re-extract or re-download it")
+    # Magic: two zero bytes, a type code (0x08 = unsigned byte), and the number of dims.
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim < 1:
+        raise ValueError(
+            f"{path} has bad IDX magic {raw[:4].hex()} (expected 0000 08 0N for unsigned bytes); "
+            "the file is corrupt or not an IDX file, replace it with the original dataset file"
+        )
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise ValueError(
+            f"{path} has {ndim} dims but {expected_ndim} were expected; "
+            "check that image and label files are not swapped"
+        )
+    header = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    count = 1
+    for d in shape:
+        count *= d
+    if len(raw) - header != count:
+        raise ValueError(
+            f"{path} holds {len(raw) - header} bytes of data but its header says {count}; "
+            "the file is truncated, replace it with the original dataset file"
+        )
+    buf = bytearray(raw[header:])  # writable copy, so torch does not warn
+    return torch.frombuffer(buf, dtype=torch.uint8).reshape(shape).clone()
+
+
+# ----------------------------------------------------------------------------- mnist1d
+
+
+def _load_mnist1d(
+    train_size: Optional[int], data_seed: int, cache_dir: Optional[str]
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Generate (or read from cache) MNIST-1D: x (N, 40) float32, y (N,) int64."""
+    import numpy as np
+    from mnist1d.data import get_dataset_args
+
+    args = get_dataset_args(as_dict=True)
+    args.pop("url", None)  # only used by the download path, which we never take
+    n_train = 4000 if train_size is None else int(train_size)
+    split = float(args["train_split"])
+    # make_dataset draws num_samples // 10 per class, so round up to a multiple of 10;
+    # any excess train sample is trimmed below (the test split is unaffected).
+    num_samples = -(-int(round(n_train / split)) // 10) * 10
+    while int(num_samples * split) < n_train:
+        num_samples += 10
+    args["num_samples"] = num_samples
+    args["seed"] = int(data_seed)
+
+    digest = hashlib.sha256(
+        json.dumps({"v": _MNIST1D_CACHE_VERSION, **args}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = root / f"mnist1d-n{num_samples}-s{data_seed}-{digest}.npz"
+
+    arrays: Optional[Dict[str, Any]] = None
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+        except Exception:  # corrupt or partial cache: regenerate below
+            arrays = None
+    if arrays is None:
+        arrays = _generate_mnist1d(args)
+        _atomic_savez(path, arrays)
+
+    x_tr = torch.from_numpy(np.asarray(arrays["x"], dtype=np.float32))[:n_train]
+    y_tr = torch.from_numpy(np.asarray(arrays["y"], dtype=np.int64))[:n_train]
+    x_te = torch.from_numpy(np.asarray(arrays["x_test"], dtype=np.float32))
+    y_te = torch.from_numpy(np.asarray(arrays["y_test"], dtype=np.int64))
+    return x_tr.contiguous(), y_tr.contiguous(), x_te, y_te
+
+
+def _generate_mnist1d(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Run ``mnist1d.data.make_dataset`` without leaking its global RNG seeding."""
+    import random
+
+    import numpy as np
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    # make_dataset seeds the global `random` and numpy RNGs; restore them afterwards so
+    # generating data does not change the caller's random streams.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        d = make_dataset(ObjectView(dict(args)))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    # Already centred with unit std by make_dataset, so no further normalization.
+    return {
+        "x": np.asarray(d["x"], dtype=np.float32),
+        "y": np.asarray(d["y"], dtype=np.int64),
+        "x_test": np.asarray(d["x_test"], dtype=np.float32),
+        "y_test": np.asarray(d["y_test"], dtype=np.int64),
+    }
+
+
+def _atomic_savez(path: Path, arrays: Dict[str, Any]) -> None:
+    """Write ``arrays`` to ``path`` via a temp file + ``os.replace`` (no torn caches)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:  # a file object, so numpy does not append ".npz"
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- fashion-mnist
+
+
+def _load_fashion_mnist(data_dir: Optional[str]) -> TensorData:
+    root = Path(data_dir or _DEFAULT_DIRS["fashion-mnist"]).expanduser()
+    names = {
+        "x_train": "train-images-idx3-ubyte",
+        "y_train": "train-labels-idx1-ubyte",
+        "x_test": "t10k-images-idx3-ubyte",
+        "y_test": "t10k-labels-idx1-ubyte",
+    }
+    files: Dict[str, Path] = {}
+    missing: List[str] = []
+    for key, stem in names.items():
+        found = next((root / n for n in (stem + ".gz", stem) if (root / n).is_file()), None)
+        if found is None:
+            missing.append(stem + "[.gz]")
+        else:
+            files[key] = found
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}); "
+            "run `apt-get install -y dataset-fashion-mnist` or pass --data-dir pointing at the IDX files"
+        )
+
+    def images(p: Path) -> Tensor:
+        # (N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1] -> standardized.
+        x = read_idx(p, expected_ndim=3).unsqueeze(1).float().div_(255.0)
+        return x.sub_(_FASHION_MEAN).div_(_FASHION_STD)
+
+    def labels(p: Path) -> Tensor:
+        return read_idx(p, expected_ndim=1).long()
+
+    x_tr, y_tr = images(files["x_train"]), labels(files["y_train"])
+    x_te, y_te = images(files["x_test"]), labels(files["y_test"])
+    for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"Fashion-MNIST {split} split has {x.shape[0]} images but {y.shape[0]} labels; "
+                "the IDX files do not belong together, reinstall them"
+            )
+    return TensorData(x_tr, y_tr, x_te, y_te, num_classes=10, name="fashion-mnist", image=True)
+
+
+# ----------------------------------------------------------------------------- cifar
+
+
+def _load_cifar(key: str, data_dir: Optional[str]) -> TensorData:
+    folder = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
+    train_names = [f"data_batch_{i}" for i in range(1, 6)] if key == "cifar10" else ["train"]
+    test_names = ["test_batch"] if key == "cifar10" else ["test"]
+    label_key = b"labels" if key == "cifar10" else b"fine_labels"
+    num_classes = 10 if key == "cifar10" else 100
+
+    given = Path(data_dir or _DEFAULT_DIRS[key]).expanduser()
+    # data_dir may be the extracted folder itself or its parent.
+    root = None
+    for cand in (given, given / folder):
+        if all((cand / n).is_file() for n in train_names + test_names):
+            root = cand
+            break
+    if root is None:
+        raise FileNotFoundError(
+            f"{key} not found at {given}: expected {folder}/ holding "
+            f"{', '.join(train_names + test_names)} (the 'python version' pickles). "
+            f"Download and extract it yourself from {_CIFAR_URL}, then pass --data-dir "
+            f"pointing at {folder}/ or its parent"
+        )
+
+    mean, std = _CIFAR_STATS[key]
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+
+    def read(names: List[str]) -> Tuple[Tensor, Tensor]:
+        xs, ys = [], []
+        for n in names:
+            # Trusted local files in the official format (pickle is that format).
+            with open(root / n, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            if b"data" not in d or label_key not in d:
+                raise ValueError(
+                    f"{root / n} lacks b'data' or {label_key!r}; "
+                    f"it is not a {key} python-version batch, re-extract the archive from {_CIFAR_URL}"
+                )
+            data = torch.as_tensor(d[b"data"], dtype=torch.uint8)
+            if data.dim() != 2 or data.shape[1] != 3072:
+                raise ValueError(
+                    f"{root / n} has data of shape {tuple(data.shape)}, expected (N, 3072); "
+                    f"re-extract the archive from {_CIFAR_URL}"
+                )
+            xs.append(data.view(-1, 3, 32, 32))  # rows are R(1024) G(1024) B(1024), row-major
+            ys.append(torch.as_tensor(list(d[label_key]), dtype=torch.long))
+        x = torch.cat(xs).float().div_(255.0)
+        return (x - mean_t) / std_t, torch.cat(ys)
+
+    x_tr, y_tr = read(train_names)
+    x_te, y_te = read(test_names)
+    return TensorData(x_tr, y_tr, x_te, y_te, num_classes=num_classes, name=key, image=True)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _take_train_subset(data: TensorData, n: int, gen: torch.Generator) -> TensorData:
+    """Seeded random subset of ``n`` training samples (first n of a permutation)."""
+    total = len(data)
+    if n > total:
+        raise ValueError(
+            f"train_size={n} exceeds the {total} training samples of {data.name}; "
+            f"pass train_size <= {total} or omit it"
+        )
+    if n == total:
+        return data
+    idx = torch.randperm(total, generator=gen)[:n].sort().values  # keep original order
+    return replace(data, x_train=data.x_train[idx], y_train=data.y_train[idx])
+
+
+def _split_val(data: TensorData, fraction: float, gen: torch.Generator) -> TensorData:
+    """Move a seeded ``fraction`` of the train split into ``x_val``/``y_val``."""
+    total = len(data)
+    n_val = int(round(total * fraction))
+    if n_val < 1 or n_val >= total:
+        raise ValueError(
+            f"val_fraction={fraction} of {total} training samples gives {n_val} validation samples; "
+            "use a larger train split or a larger val_fraction"
+        )
+    perm = torch.randperm(total, generator=gen)
+    val_idx = perm[:n_val].sort().values
+    tr_idx = perm[n_val:].sort().values
+    return replace(
+        data,
+        x_train=data.x_train[tr_idx],
+        y_train=data.y_train[tr_idx],
+        x_val=data.x_train[val_idx],
+        y_val=data.y_train[val_idx],
+    )
