@@ -82,7 +82,7 @@ def mastery_score(history: Tensor, count: Tensor, *, order: int, window: int, m:
         )
     ma = moving_average_abs(kth_difference(history, order), window)  # (N, m + 1)
     score = ma[:, -m:].sum(-1)  # (N,)
-    ok = (count >= needed) & torch.isfinite(history).all(-1) & torch.isfinite(score)
+    ok = (count >= needed - 1) & torch.isfinite(history).all(-1) & torch.isfinite(score)
     return torch.where(ok, score, torch.full_like(score, float("inf")))
 
 
