@@ -18,6 +18,7 @@ OPTIMIZERS = {
     "sgd-e": "SGD lr 0.1, x0.96 every epoch",
     "sgd": "SGD with momentum 0.9, weight decay 5e-4, cosine schedule",
     "adam": "Adam lr 0.001",
+    "adam-cos": "Adam lr 0.001 with cosine decay to 0 over the run",
     "adamw": "AdamW lr 0.001, weight decay 0.01",
 }
 
@@ -68,7 +69,7 @@ class RunConfig:
         if d["weight_decay"] is None:
             d["weight_decay"] = {"sgd": 5e-4, "adamw": 0.01}.get(d["optimizer"], 0.0)
         if d["lr"] is None:
-            d["lr"] = {"sgd-f": 1e-3, "adam": 1e-3, "adamw": 1e-3}.get(d["optimizer"], 0.1)
+            d["lr"] = {"sgd-f": 1e-3, "adam": 1e-3, "adam-cos": 1e-3, "adamw": 1e-3}.get(d["optimizer"], 0.1)
         cfg = RunConfig(**d)
         cfg.validate()
         return cfg

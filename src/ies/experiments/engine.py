@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,34 @@ from .config import RunConfig
 from .data import TensorData, load_dataset
 from .models import build_model
 
-__all__ = ["RunResult", "run_training", "build_optimizer", "evaluate", "per_sample_losses", "model_for_data"]
+__all__ = ["EngineCallback", "EpochContext", "RunResult", "run_training", "build_optimizer", "evaluate", "per_sample_losses", "model_for_data"]
+
+
+@dataclass
+class EpochContext:
+    """What an :class:`EngineCallback` sees at the end of an epoch."""
+
+    epoch: int  # 1-based epoch just finished
+    model: nn.Module
+    data: TensorData
+    policy: SelectionPolicy
+    config: RunConfig
+    row: Dict[str, Any]  # the epoch's metrics so far; a callback may add keys
+
+
+class EngineCallback:
+    """Instrumentation hooks (analyses use these); the defaults do nothing.
+
+    Hooks run outside the timed regions except ``after_backward``, which runs inside the
+    training loop (keep it cheap, or accept that it is counted).
+    """
+
+    def after_backward(self, model: nn.Module, indices: Tensor, losses: Tensor) -> None:
+        """After ``loss.backward()``, before ``optimizer.step()`` (gradients are populated)."""
+
+    def epoch_end(self, ctx: EpochContext) -> Optional[Dict[str, Any]]:
+        """After evaluation; returned keys are added to the epoch's metrics row."""
+        return None
 
 
 @dataclass
@@ -44,8 +71,10 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> Tuple[torch.optim.Optim
     """The paper's optimizers; returns the optimizer and an epoch -> lr-factor function."""
     name, lr, wd, e = cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.epochs
     params = model.parameters()
-    if name in ("adam", "adamw"):
-        opt: torch.optim.Optimizer = (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(params, lr=lr, weight_decay=wd)
+    if name in ("adam", "adamw", "adam-cos"):
+        opt: torch.optim.Optimizer = (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=wd)
+        if name == "adam-cos":
+            return opt, lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / e))
         return opt, lambda epoch: 1.0
     momentum = 0.9 if name == "sgd" else 0.0
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
@@ -95,6 +124,7 @@ def run_training(
     *,
     on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
     keep_model: bool = False,
+    callbacks: Sequence[EngineCallback] = (),
 ) -> RunResult:
     """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.method``; one row of metrics per epoch."""
     cfg = cfg.resolved()
@@ -147,6 +177,8 @@ def run_training(
             loss = (losses * w.to(losses)).mean() if w is not None else losses.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for cb in callbacks:
+                cb.after_backward(model, idx, losses.detach())
             opt.step()
             if not policy.needs_selection_pass:
                 policy.record(idx, losses)
@@ -182,6 +214,10 @@ def run_training(
             "score_seconds": score_s,
             "wall_seconds": train_total + score_total,
         }
+        for cb in callbacks:
+            extra = cb.epoch_end(EpochContext(epoch + 1, model, data, policy, cfg, row))
+            if extra:
+                row.update(extra)
         rows.append(row)
         if on_epoch is not None:
             on_epoch(row)
