@@ -12,10 +12,12 @@ These are the semantics of the paper's code (``moving_average_rate=3``, ``k=1``,
 Example:
     >>> h = torch.tensor([[1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125]])
     >>> mastery_score(h, torch.tensor([6]), order=2, window=3, m=1)
-    tensor([0.0365])
+    tensor([0.0729])
 """
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -27,6 +29,7 @@ __all__ = [
     "mastery_score",
     "mastered_mask",
     "validate_rule",
+    "score_columns",
 ]
 
 
@@ -68,6 +71,35 @@ def moving_average_abs(diffs: Tensor, window: int) -> Tensor:
     return diffs.abs().unfold(-1, window, 1).mean(-1)
 
 
+def score_columns(cols: Sequence[Tensor], *, order: int, window: int, m: int) -> Tensor:
+    """The raw score ``(N,)`` from a history given as ``H`` columns ``(N,)``, oldest first.
+
+    Same arithmetic as ``moving_average_abs(kth_difference(h, order), window)[:, -m:].sum(-1)``
+    but on contiguous columns, skipping what the last ``m`` averages do not use (the oldest
+    loss feeds only the first difference, which only the first average uses). No validity
+    mask: the result is NaN or inf where a used loss is non-finite.
+    """
+    # Differences 1..w+m-1 (of 0..w+m-1) need losses 1..H-1.
+    d = list(cols[1:])
+    for level in range(order):
+        if level == 0:
+            d = [torch.sub(d[i + 1], d[i]) for i in range(len(d) - 1)]
+        else:  # in place: d[i] is read before it is overwritten, d[i + 1] after
+            for i in range(len(d) - 1):
+                torch.sub(d[i + 1], d[i], out=d[i])
+            d.pop()
+    a = [x.abs_() for x in d] if order > 0 else [x.abs() for x in d]  # never touch the input columns
+    score: Optional[Tensor] = None
+    for j in range(m):  # averages 1..m; a[0] is difference 1
+        s = a[j] + a[j + 1] if window > 1 else a[j].clone()
+        for i in range(2, window):
+            s.add_(a[j + i])
+        s.div_(window)
+        score = s if score is None else score.add_(s)
+    assert score is not None
+    return score
+
+
 def mastery_score(history: Tensor, count: Tensor, *, order: int, window: int, m: int) -> Tensor:
     """Per-sample score ``(N,)``: the sum of the last ``m`` moving averages of ``|order-k diff|``.
 
@@ -80,10 +112,23 @@ def mastery_score(history: Tensor, count: Tensor, *, order: int, window: int, m:
         raise ValueError(
             f"history has {history.shape[-1]} columns but order={order}, window={window}, m={m} need {needed}"
         )
-    ma = moving_average_abs(kth_difference(history, order), window)  # (N, m + 1)
-    score = ma[:, -m:].sum(-1)  # (N,)
-    ok = (count >= needed - 1) & torch.isfinite(history).all(-1) & torch.isfinite(score)
-    return torch.where(ok, score, torch.full_like(score, float("inf")))
+    return masked_score(history.unbind(-1), count, order=order, window=window, m=m)
+
+
+def masked_score(cols: Sequence[Tensor], count: Tensor, *, order: int, window: int, m: int) -> Tensor:
+    """:func:`mastery_score` on ``H`` columns ``(N,)``, oldest first."""
+    score = score_columns(cols, order=order, window=window, m=m)
+    # Losses 1..H-1 all feed the score, so it is finite only if they are; check the oldest.
+    ok = (count >= len(cols)) & torch.isfinite(cols[0]) & torch.isfinite(score)
+    return score.masked_fill_(~ok, float("inf"))
+
+
+def mastered_columns(cols: Sequence[Tensor], count: Tensor, *, threshold: float, order: int, window: int, m: int) -> Tensor:
+    """:func:`mastered_mask` on ``H`` columns ``(N,)``, oldest first (NaN/inf scores compare False)."""
+    if not threshold > 0:  # nothing scores below 0
+        return torch.zeros(count.shape, dtype=torch.bool, device=count.device)
+    score = score_columns(cols, order=order, window=window, m=m)
+    return (score < threshold) & (count >= len(cols)) & torch.isfinite(cols[0])
 
 
 def mastered_mask(

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch import Tensor
 
-from .criterion import history_length, mastered_mask, validate_rule
+from .criterion import history_length, masked_score, mastered_columns, validate_rule
 
 __all__ = ["IESConfig", "EpochStats", "InstanceEarlyStopping", "IES", "check_record"]
 
@@ -154,7 +154,10 @@ class InstanceEarlyStopping:
         self.num_samples = num_samples
         self.device = torch.device(device)
         n, h, dev = num_samples, history_length(order, window, m), self.device
-        self.history = torch.full((n, h), float("nan"), device=dev)  # (N, H) newest last
+        # The history as a ring of H contiguous columns: row (head + j) % H holds each
+        # sample's j-th oldest loss; see the ``history`` property for the (N, H) view.
+        self._ring = torch.full((h, n), float("nan"), device=dev)
+        self._head = 0
         self.count = torch.zeros(n, dtype=torch.int64, device=dev)  # (N,) losses recorded in total
         self.pending = torch.full((n,), float("nan"), device=dev)  # (N,) this epoch's loss
         self.pending_mask = torch.zeros(n, dtype=torch.bool, device=dev)  # (N,) has a loss this epoch
@@ -169,27 +172,41 @@ class InstanceEarlyStopping:
         self._backprop = 0
         self._scored = 0
         self._bad_record = torch.zeros((), dtype=torch.bool, device=dev)  # deferred checks off-CPU
+        self._stamp = torch.zeros(n, dtype=torch.int32, device=dev)  # scratch: duplicate-index check
+        self._aranges: Dict[int, Tensor] = {}
         self.totals = {"excluded": 0, "trained": 0, "backprop": 0, "scored": 0, "epochs": 0, "nonfinite": 0}
         self.history_log: list = []  # EpochStats of each step, for reports
 
     # ----------------------------------------------------------------- recording
     def _write(self, indices: Tensor, losses: Tensor) -> None:
         check_record(indices, losses, self.num_samples)
-        idx = indices.to(self.device, torch.int64, non_blocking=True)
-        val = losses.detach().to(self.device, torch.float32, non_blocking=True)
-        if idx.numel():
-            lo, hi = idx.min(), idx.max()
-            srt = torch.sort(idx).values
-            dup = (srt[1:] == srt[:-1]).any() if idx.numel() > 1 else torch.zeros((), dtype=torch.bool, device=self.device)
-            bad = (lo < 0) | (hi >= self.num_samples) | dup
-            if self.device.type == "cpu":  # free to check now: fail at the bad call
-                if bool(bad):
+        dev = self.device
+        idx = indices if (indices.dtype == torch.int64 and indices.device == dev) else indices.to(dev, torch.int64, non_blocking=True)
+        val = losses.detach()
+        if val.dtype != torch.float32 or val.device != dev:
+            val = val.to(dev, torch.float32, non_blocking=True)
+        b = idx.shape[0]
+        if b == 0:
+            return
+        # Duplicates: stamp each position, read back; a duplicate reads another's stamp.
+        ar = self._aranges.get(b)
+        if ar is None:
+            ar = self._aranges[b] = torch.arange(b, dtype=torch.int32, device=dev)
+        if dev.type == "cpu":  # free to check now: fail at the bad call, before writing
+            lo, hi = torch.aminmax(idx)
+            if int(lo) < 0 or int(hi) >= self.num_samples:
+                raise ValueError(self._record_error(idx))
+            if b > 1:
+                self._stamp.scatter_(0, idx, ar)
+                if not torch.equal(self._stamp.index_select(0, idx), ar):
                     raise ValueError(self._record_error(idx))
-            else:  # one host sync per epoch: checked in step()
-                self._bad_record |= bad
-                idx = idx.clamp(0, self.num_samples - 1)
-        self.pending[idx] = val
-        self.pending_mask[idx] = True
+        else:  # one host sync per epoch: checked in step()
+            lo, hi = torch.aminmax(idx)
+            idx = idx.clamp(0, self.num_samples - 1)
+            self._stamp.scatter_(0, idx, ar)
+            self._bad_record |= (lo < 0) | (hi >= self.num_samples) | (self._stamp.index_select(0, idx) != ar).any()
+        self.pending.scatter_(0, idx, val)  # indices are unique: scatter is deterministic
+        self.pending_mask.index_fill_(0, idx, True)
 
     def _record_error(self, idx: Tensor) -> str:
         lo, hi = int(idx.min()), int(idx.max())
@@ -249,10 +266,47 @@ class InstanceEarlyStopping:
 
     def scores(self) -> Tensor:
         """Current criterion value per sample ``(N,)`` (``inf`` where not yet judged)."""
-        from .criterion import mastery_score
-
         c = self.config
-        return mastery_score(self.history, self.count, order=c.order, window=c.window, m=c.m)
+        return masked_score(self._columns(), self.count, order=c.order, window=c.window, m=c.m)
+
+    # ----------------------------------------------------------------- history ring
+    def _columns(self) -> list:
+        """The history as H columns ``(N,)`` (views of the ring), oldest first."""
+        h = self._ring.shape[0]
+        return [self._ring[(self._head + j) % h] for j in range(h)]
+
+    @property
+    def history(self) -> Tensor:
+        """Loss history ``(N, H)``, oldest first, newest last (a copy: NaN where not yet recorded)."""
+        return torch.stack(self._columns(), dim=1)
+
+    @history.setter
+    def history(self, value: Tensor) -> None:
+        self._ring = value.t().to(device=self.device, dtype=torch.float32).contiguous()
+        self._head = 0
+
+    def _commit(self, got: Tensor, dense: Optional[bool] = None) -> None:
+        """Append ``pending`` to the history of the samples in ``got``; the others keep theirs.
+
+        The ring turns by one column: the oldest column becomes the newest. Samples without a
+        loss this epoch get their own history written back, shifted by one slot.
+        """
+        ring, h, head = self._ring, self._ring.shape[0], self._head
+        if dense is None:
+            dense = self.device.type != "cpu"
+        if not dense:  # sparse fix-up of the (usually few) samples without a loss
+            miss = torch.nonzero(~got).flatten()
+            saved = ring.index_select(1, miss) if miss.numel() else None
+            ring[head].copy_(self.pending)
+            if saved is not None:
+                ring.index_copy_(1, miss, saved.roll(1, 0))
+        else:  # dense, no host sync: new slot p = got ? slot p : old slot p - 1
+            oldest = ring[head].clone()
+            ring[head] = torch.where(got, self.pending, ring[(head - 1) % h])
+            for p in range(head - 1, head - h + 1, -1):
+                ring[p % h] = torch.where(got, ring[p % h], ring[(p - 1) % h])
+            ring[(head + 1) % h] = torch.where(got, ring[(head + 1) % h], oldest)
+        self._head = (head + 1) % h
 
     # ----------------------------------------------------------------- epoch end
     def score(self, model: torch.nn.Module, dataset: Any, loss_fn: Callable[..., Tensor], **kwargs: Any) -> int:
@@ -285,11 +339,11 @@ class InstanceEarlyStopping:
             raise ValueError("an earlier record() call had an index out of range or a duplicate index; "
                              f"indices must be unique per batch and in 0..{self.num_samples - 1}")
         got = self.pending_mask  # (N,)
-        # Shift rows that got a loss; others keep their history unchanged (paper's code).
-        shifted = torch.cat([self.history[:, 1:], self.pending.unsqueeze(1)], dim=1)
-        self.history = torch.where(got.unsqueeze(1), shifted, self.history)
-        self.count += got.to(torch.int64)
-        mastered = mastered_mask(self.history, self.count, threshold=c.threshold, order=c.order, window=c.window, m=c.m)
+        # Samples that got a loss shift it in; others keep their history unchanged (paper's code).
+        self._commit(got)
+        self.count.add_(got)
+        mastered = mastered_columns(self._columns(), self.count, threshold=c.threshold, order=c.order,
+                                    window=c.window, m=c.m)
         next_epoch = self.epoch + 1
         annealing = c.anneal_start is not None and next_epoch >= c.anneal_start
         nxt = mastered if (c.threshold > 0 and not annealing) else torch.zeros_like(mastered)
@@ -298,10 +352,9 @@ class InstanceEarlyStopping:
         back = was & ~nxt
         nonfinite = got & ~torch.isfinite(self.pending)
         # Per-sample counters.
-        self.times_excluded += nxt.to(torch.int32)
-        self.times_reincluded += back.to(torch.int32)
-        first = nxt & (self.first_mastered < 0)
-        self.first_mastered = torch.where(first, torch.full_like(self.first_mastered, next_epoch), self.first_mastered)
+        self.times_excluded.add_(nxt)
+        self.times_reincluded.add_(back)
+        self.first_mastered.masked_fill_(nxt & (self.first_mastered < 0), next_epoch)
         # The one host sync of the epoch.
         counts = torch.stack([was.sum(), mastered.sum(), newly.sum(), back.sum(), nxt.sum(), nonfinite.sum()]).tolist()
         n_excl, n_mast, n_new, n_back, n_next, n_nonfinite = (int(v) for v in counts)

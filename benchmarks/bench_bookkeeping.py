@@ -1,0 +1,256 @@
+"""Per-epoch bookkeeping cost of IES: the tracker vs. a straightforward per-sample version.
+
+One "epoch" here is the bookkeeping of a training epoch without the model: ``record``
+for every batch of ``--batch-size`` active samples, ``record_scores`` for every batch of
+excluded samples (the scoring pass), then the end-of-epoch ``step``. The naive version
+implements the same rule the way a first implementation would: a dict of per-sample
+lists, ``.tolist()`` per batch, a Python loop over samples at the end of the epoch. It
+validates nothing (the tracker checks ranges and duplicates on every call), which only
+flatters the naive side.
+
+Both see the same losses. Before timing, both have seen enough epochs that the rule is
+evaluated for every sample (warm history), and after every epoch the two excluded sets
+must be identical (correctness guard; the benchmark aborts otherwise). The losses lie on
+the grid ``j * 2**-14`` so that float32 (tracker) and float64 (naive) decide alike.
+Timings alternate tracker / naive epoch by epoch; medians are reported.
+
+    python benchmarks/bench_bookkeeping.py                       # N = 50,000 and 1,281,167
+    python benchmarks/bench_bookkeeping.py --sizes 50000 --repeats 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from typing import Dict, List, Set, Tuple
+
+import torch
+
+from ies import IES
+
+GRID = 2.0 ** -14
+
+
+# --------------------------------------------------------------------------- the naive version
+class NaiveIES:
+    """The IES rule as a first implementation would write it: dicts of lists, per-sample loops."""
+
+    def __init__(self, num_samples: int, threshold: float = 1e-3, order: int = 2, window: int = 3, m: int = 1):
+        self.n, self.threshold, self.order, self.window, self.m = num_samples, threshold, order, window, m
+        self.history: Dict[int, List[float]] = {i: [] for i in range(num_samples)}
+        self.pending: Dict[int, float] = {}
+        self.excluded: Set[int] = set()
+        self.coef = [(-1) ** j * math.comb(order, j) for j in range(order + 1)]
+
+    def record(self, indices: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        for i, v in zip(indices.tolist(), losses.detach().tolist()):
+            self.pending[i] = v
+        return losses
+
+    record_scores = record
+
+    def active_indices(self) -> List[int]:
+        return [i for i in range(self.n) if i not in self.excluded]
+
+    def step(self) -> Tuple[int, int, int]:
+        need = self.order + self.window + self.m
+        for i, v in self.pending.items():
+            h = self.history[i]
+            h.append(v)
+            if len(h) > need:
+                h.pop(0)
+        mastered = set()
+        for i in range(self.n):
+            h = self.history[i]
+            if len(h) < need:
+                continue
+            if any(not math.isfinite(x) for x in h):
+                continue
+            diffs = []
+            for t in range(self.order, need):
+                d = 0.0
+                for j, c in enumerate(self.coef):
+                    d += c * h[t - j]
+                diffs.append(d)
+            avgs = []
+            for s in range(self.m + 1):
+                tot = 0.0
+                for d in diffs[s : s + self.window]:
+                    tot += abs(d)
+                avgs.append(tot / self.window)
+            if sum(avgs[-self.m :]) < self.threshold:
+                mastered.add(i)
+        new = len(mastered - self.excluded)
+        back = len(self.excluded - mastered)
+        self.excluded = mastered
+        self.pending = {}
+        return len(mastered), new, back
+
+
+# --------------------------------------------------------------------------- data
+class Losses:
+    """Deterministic per-epoch losses on the 2**-14 grid with a realistic mix: plateaus
+    (mastered), small noise around the threshold (in and out), large noise (never), jumps."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.n, self.seed = n, seed
+        self.base = (torch.rand(n, generator=g) * 4 / GRID).round() * GRID
+        self.kind = torch.randint(0, 20, (n,), generator=g)  # 0-8 plateau, 9-13 small noise, 14-17 large, 18-19 jumps
+
+    def epoch(self, e: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + e)
+        small = torch.randint(-12, 13, (self.n,), generator=g).float() * GRID
+        large = torch.randint(-2000, 2001, (self.n,), generator=g).float() * GRID
+        jump = (torch.rand(self.n, generator=g) < 0.15).float() * 0.5
+        k = self.kind
+        x = self.base.clone()
+        x = torch.where((k >= 9) & (k < 14), x + small, x)
+        x = torch.where((k >= 14) & (k < 18), x + large, x)
+        x = torch.where(k >= 18, x + jump, x)
+        return x.clamp(0, 8 - GRID)
+
+
+def batches(active: torch.Tensor, excluded: torch.Tensor, losses: torch.Tensor, epoch: int, bs: int):
+    """Shuffled batches of active samples (training) and in-order batches of excluded (scoring)."""
+    g = torch.Generator().manual_seed(epoch)
+    act = active[torch.randperm(active.numel(), generator=g)]
+    train = [(act[s : s + bs], losses[act[s : s + bs]]) for s in range(0, act.numel(), bs)]
+    score = [(excluded[s : s + bs], losses[excluded[s : s + bs]]) for s in range(0, excluded.numel(), bs)]
+    return train, score
+
+
+def run_fast(tr: IES, train, score) -> Tuple[float, float]:
+    t0 = time.perf_counter()
+    for idx, val in train:
+        tr.record(idx, val)
+    for idx, val in score:
+        tr.record_scores(idx, val)
+    t1 = time.perf_counter()
+    tr.step()
+    t2 = time.perf_counter()
+    return t2 - t0, t2 - t1
+
+
+def run_slow(nv: NaiveIES, train, score) -> float:
+    t0 = time.perf_counter()
+    for idx, val in train:
+        nv.record(idx, val)
+    for idx, val in score:
+        nv.record_scores(idx, val)
+    nv.step()
+    return time.perf_counter() - t0
+
+
+def guard(tr: IES, nv: NaiveIES, where: str) -> None:
+    fast = tr.excluded_indices().tolist()
+    if fast != sorted(nv.excluded):
+        diff = set(fast) ^ nv.excluded
+        sys.exit(f"correctness guard failed {where}: excluded sets differ at {len(diff)} samples, e.g. {sorted(diff)[:5]}")
+
+
+def bench(n: int, repeats: int, slow_repeats: int, bs: int) -> dict:
+    data = Losses(n)
+    tr, nv = IES(n), NaiveIES(n)
+    need = tr.config.order + tr.config.window + tr.config.m
+    epoch = 0
+
+    def epoch_batches():
+        ex = tr.excluded_indices()
+        return batches(tr.active_indices(), ex, data.epoch(epoch), epoch, bs)
+
+    # warm history: both see `need` epochs, so the rule is evaluated for every sample
+    t_warm = time.perf_counter()
+    for _ in range(need):
+        train, score = epoch_batches()
+        run_fast(tr, train, score)
+        run_slow(nv, train, score)
+        epoch += 1
+        guard(tr, nv, f"after warm-up epoch {epoch}")
+    t_warm = time.perf_counter() - t_warm
+    assert all(len(h) == need for h in nv.history.values())
+    if not 0 < len(nv.excluded) < n:
+        sys.exit("the benchmark data should leave some but not all samples excluded")
+
+    fast_total, fast_step, slow_total, excl, back = [], [], [], [], []
+    for r in range(max(repeats, slow_repeats)):
+        train, score = epoch_batches()
+        excl.append(len(score) and sum(i.numel() for i, _ in score))
+        before = set(nv.excluded)
+        pair = []
+        if r < repeats:
+            pair.append("fast")
+        if r < slow_repeats:
+            pair.append("slow")
+        if r % 2:
+            pair.reverse()  # alternate which one runs first
+        for which in pair:
+            if which == "fast":
+                tot, st = run_fast(tr, train, score)
+                fast_total.append(tot)
+                fast_step.append(st)
+            else:
+                slow_total.append(run_slow(nv, train, score))
+        if len(pair) == 1:  # keep the two in lockstep: the other one consumes the epoch untimed
+            (run_slow(nv, train, score) if pair == ["fast"] else run_fast(tr, train, score))
+        back.append(len(before - nv.excluded))
+        epoch += 1
+        guard(tr, nv, f"after timed epoch {epoch}")
+
+    f, s, fs = statistics.median(fast_total), statistics.median(slow_total), statistics.median(fast_step)
+    return {
+        "n": n, "fast_ms": 1e3 * f, "step_ms": 1e3 * fs, "slow_ms": 1e3 * s, "speedup": s / f,
+        "repeats": len(fast_total), "slow_repeats": len(slow_total), "excluded": statistics.median(excl),
+        "reincluded": statistics.median(back), "warm_s": t_warm,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="50000,1281167", help="comma-separated N (default: 50000,1281167)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed epochs per implementation (median)")
+    ap.add_argument("--slow-repeats", type=int, default=None,
+                    help="timed epochs of the naive version (default: --repeats)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: the naive version is single-threaded, and intra-op threads "
+                         "stall on a shared machine); 0 keeps torch's default")
+    ap.add_argument("--min-speedup", type=float, default=30.0)
+    ap.add_argument("--max-step-ms", type=float, default=100.0, help="target for the step at N=1,281,167")
+    args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    slow_repeats = args.slow_repeats or args.repeats
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}, "
+          f"{platform.machine()}; batch size {args.batch_size}; rule: order 2, window 3, m 1, threshold 1e-3")
+    print(f"medians over {args.repeats} epochs (naive: {slow_repeats}), alternating; the naive version is "
+          "checked to give the same excluded set after every epoch")
+    hdr = f"{'N':>10} {'fast ms/epoch':>14} {'step ms':>8} {'naive ms/epoch':>15} {'speedup':>8}  {'excluded':>9} {'re-incl':>8}"
+    print(hdr)
+    ok = True
+    rows = []
+    for n in sizes:
+        r = bench(n, args.repeats, slow_repeats, args.batch_size)
+        rows.append(r)
+        print(f"{r['n']:>10,} {r['fast_ms']:>14.1f} {r['step_ms']:>8.1f} {r['slow_ms']:>15.1f} {r['speedup']:>7.1f}x"
+              f"  {int(r['excluded']):>9,} {int(r['reincluded']):>8,}", flush=True)
+    print()
+    for r in rows:
+        good = r["speedup"] >= args.min_speedup
+        ok &= good
+        print(f"[{'PASS' if good else 'FAIL'}] N={r['n']:,}: speedup {r['speedup']:.1f}x >= {args.min_speedup:g}x")
+        if r["n"] == 1_281_167:
+            good = r["step_ms"] < args.max_step_ms
+            ok &= good
+            print(f"[{'PASS' if good else 'FAIL'}] N={r['n']:,}: step {r['step_ms']:.1f} ms < {args.max_step_ms:g} ms")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Statistics accounting, options (threshold 0, annealing, score_every, score_all),
+per-sample counters and export, and the scoring helper."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Set
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ies import IES, EpochStats, IndexedDataset, score_losses
+
+
+def plateau_then_jump(i: int, e: int) -> float:
+    """Samples 0-3: constant (mastered after six losses); sample 4: constant, then a jump at
+    epoch 8 (re-included at 9) and a new plateau (mastered again, excluded from 13);
+    samples 5-7: alternating, never mastered."""
+    if i < 4:
+        return 1.0
+    if i == 4:
+        return 1.0 if e < 8 else 2.0
+    return 1.0 + 0.5 * (e % 2) + 0.1 * i
+
+
+def expected_excluded(e: int) -> Set[int]:
+    """Samples left out during epoch ``e`` for :func:`plateau_then_jump` with the defaults."""
+    out = set(range(4)) if e >= 6 else set()
+    if 6 <= e <= 8 or e >= 13:
+        out.add(4)
+    return out
+
+
+def run_epoch(tr: IES, loss: Callable[[int, int], float], e: int, *, batch: int = 3, skip_backprop: int = 0) -> None:
+    """Train the active samples (``record``), then score the excluded ones (``record_scores``)."""
+    active = tr.active_indices().tolist()
+    for s in range(0, len(active), batch):
+        b = active[s : s + batch]
+        vals = torch.tensor([loss(i, e) for i in b])
+        tr.record(torch.tensor(b), vals, backpropagated=max(len(b) - skip_backprop, 0) if skip_backprop else None)
+    idx = tr.indices_to_score().tolist()
+    if idx:
+        tr.record_scores(torch.tensor(idx), torch.tensor([loss(i, e) for i in idx]))
+
+
+def test_statistics_accounting() -> None:
+    n, fc = 8, 0.25
+    tr = IES(n, forward_cost=fc)
+    tot_excl = tot_train = tot_bp = tot_scored = 0
+    for e in range(16):
+        now, nxt = expected_excluded(e), expected_excluded(e + 1)
+        assert set(tr.excluded_indices().tolist()) == now
+        assert tr.num_active == n - len(now)
+        n_active = n - len(now)
+        n_batches = math.ceil(n_active / 3)
+        run_epoch(tr, plateau_then_jump, e, skip_backprop=1)
+        s = tr.step()
+        assert isinstance(s, EpochStats)
+        assert s.epoch == e and s.num_samples == n
+        assert s.active == n_active
+        assert s.excluded == len(now)
+        assert s.mastered == len(nxt)
+        assert s.newly_excluded == len(nxt - now)
+        assert s.reincluded == len(now - nxt)
+        assert s.next_active == n - len(nxt)
+        assert s.trained_forward == n_active
+        assert s.backpropagated == n_active - n_batches
+        assert s.scored_forward == len(now)
+        assert s.nonfinite == 0
+        tot_excl += len(now)
+        tot_train += n_active
+        tot_bp += n_active - n_batches
+        tot_scored += len(now)
+        denom = n * (e + 1)
+        assert s.backprop_saved == pytest.approx(tot_excl / denom)
+        assert s.compute_saved == pytest.approx(1.0 - (tot_bp + fc * (tot_train - tot_bp + tot_scored)) / denom)
+        assert s.as_dict()["excluded"] == len(now)
+        assert tr.epoch == e + 1
+    assert [x.epoch for x in tr.history_log] == list(range(16))
+    assert [x.reincluded for x in tr.history_log] == [1 if e == 8 else 0 for e in range(16)]
+
+
+def test_reincluded_is_only_the_jumping_sample() -> None:
+    tr = IES(8)
+    back = []
+    for e in range(16):
+        before = set(tr.excluded_indices().tolist())
+        run_epoch(tr, plateau_then_jump, e)
+        s = tr.step()
+        after = set(tr.excluded_indices().tolist())
+        back.append((e, sorted(before - after)))
+        assert s.reincluded == len(before - after)
+    assert [b for b in back if b[1]] == [(8, [4])]
+
+
+def test_default_compute_saved_counts_scoring_at_one_third() -> None:
+    tr = IES(4)  # forward_cost 1/3
+    for e in range(8):
+        run_epoch(tr, lambda i, e: 1.0, e)
+        s = tr.step()
+    # epochs 0-5: all 4 trained; 6-7: all 4 excluded and scored
+    denom = 4 * 8
+    assert s.backprop_saved == pytest.approx(8 / denom)
+    assert s.compute_saved == pytest.approx(1 - (24 + (1 / 3) * 8) / denom)
+
+
+def test_threshold_zero_never_excludes() -> None:
+    tr = IES(5, threshold=0.0)
+    for e in range(20):
+        assert tr.indices_to_score().numel() == 0
+        tr.record(torch.arange(5), torch.zeros(5))
+        s = tr.step()
+        assert s.excluded == 0 and s.newly_excluded == 0 and s.next_active == 5
+    assert not tr.excluded.any()
+    # the criterion is still computed (a plateau of zeros scores 0), only removal is off
+    assert torch.equal(tr.scores(), torch.zeros(5))
+    assert s.mastered == 0  # 0 < 0 is false
+
+
+def test_annealing_stops_exclusion_from_anneal_start() -> None:
+    tr = IES(4, anneal_fraction=0.3, total_epochs=10)
+    assert tr.config.anneal_start == 7
+    assert IES(4, anneal_fraction=0.1, total_epochs=10).config.anneal_start == 9
+    assert IES(4, anneal_fraction=0.01, total_epochs=10).config.anneal_start == 9  # at least one epoch
+    assert IES(4).config.anneal_start is None
+    excluded_per_epoch = []
+    for e in range(10):
+        excluded_per_epoch.append(int(tr.excluded.sum()))
+        run_epoch(tr, lambda i, e: 1.0, e)
+        s = tr.step()
+        if e == 6:  # last step before annealing: everyone comes back
+            assert s.excluded == 4 and s.reincluded == 4 and s.next_active == 4
+        if e >= 6:
+            assert s.next_active == 4 and s.newly_excluded == 0
+    assert excluded_per_epoch == [0, 0, 0, 0, 0, 0, 4, 0, 0, 0]
+
+
+def test_score_every_keeps_excluded_between_scorings() -> None:
+    r = 3
+    tr = IES(4, score_every=r)
+
+    def loss(i: int, e: int) -> float:
+        return 2.0 if (i == 0 and e >= 8) else 1.0
+
+    excl = []
+    for e in range(12):
+        scoring = (e + 1) % r == 0
+        assert tr.should_score() == scoring
+        to_score = tr.indices_to_score()
+        if scoring:
+            assert torch.equal(to_score, tr.excluded_indices())
+        else:
+            assert to_score.numel() == 0 and to_score.dtype == torch.int64
+        before = set(tr.excluded_indices().tolist())
+        run_epoch(tr, loss, e)
+        s = tr.step()
+        after = set(tr.excluded_indices().tolist())
+        if not scoring:
+            assert before <= after and s.reincluded == 0 and s.scored_forward == 0
+        excl.append(sorted(after))
+    # mastered after epoch 5 (six losses); epochs 6, 7 unscored; at 8 sample 0 jumps and is scored
+    assert excl[5] == [0, 1, 2, 3]
+    assert excl[6] == excl[7] == [0, 1, 2, 3]
+    assert excl[8] == [1, 2, 3]
+    assert tr.should_score(epoch=2) and not tr.should_score(epoch=3)
+
+
+class ConstLoss(nn.Module):
+    """Model whose per-sample loss is the input's first feature (in a 1-feature dataset)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.modes: List[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return x[:, 0] * self.scale
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return out + 0.0 * y
+
+
+def test_score_all_scores_every_sample_and_replaces_training_losses() -> None:
+    n = 6
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1) / 10
+    ds = TensorDataset(x, torch.zeros(n))
+    model = ConstLoss()
+    tr = IES(n, score_all=True)
+    for e in range(3):
+        assert torch.equal(tr.indices_to_score(), torch.arange(n))
+        tr.record(torch.arange(n), torch.full((n,), 5.0))
+        s = tr.end_epoch(model, ds, loss_fn, batch_size=4)
+        assert s.scored_forward == n and s.trained_forward == n
+        assert torch.allclose(tr.history[:, -1], x[:, 0])  # the scoring losses, not the 5.0s
+
+
+def test_score_returns_count_and_zero_off_schedule() -> None:
+    n = 4
+    ds = TensorDataset(torch.ones(n, 1), torch.zeros(n))
+    model = ConstLoss()
+    tr = IES(n, score_every=2)
+    assert tr.score(model, ds, loss_fn) == 0  # epoch 0: not a scoring epoch, nothing excluded anyway
+    tr.excluded[1] = True  # pretend sample 1 is excluded
+    tr.step()
+    tr.excluded[1] = True
+    assert tr.should_score()
+    assert tr.score(model, ds, loss_fn) == 1
+
+
+def test_per_sample_counters_and_export(tmp_path) -> None:
+    tr = IES(8)
+    for e in range(16):
+        run_epoch(tr, plateau_then_jump, e)
+        tr.step()
+    ps = tr.per_sample()
+    # epochs excluded (decided so far, including the coming epoch 16)
+    want_times = [sum(1 for e in range(1, 17) if i in expected_excluded(e)) for i in range(8)]
+    assert ps["times_excluded"].tolist() == want_times
+    assert ps["times_reincluded"].tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+    assert ps["first_mastered_epoch"].tolist() == [6, 6, 6, 6, 6, -1, -1, -1]
+    assert ps["excluded_now"].tolist() == [True] * 5 + [False] * 3
+    assert ps["score"][:5].tolist() == [0.0] * 5 and (ps["score"][5:] > 1e-3).all()
+    path = tmp_path / "per_sample.npz"
+    tr.export(path)
+    with np.load(path) as z:
+        assert set(z.files) == {"times_excluded", "times_reincluded", "first_mastered_epoch", "excluded_now", "score"}
+        for k, v in ps.items():
+            assert np.array_equal(z[k], v.numpy()), k
+        assert z["excluded_now"].dtype == np.bool_
+
+
+def test_record_returns_its_input_unchanged() -> None:
+    tr = IES(4)
+    w = torch.ones(4, requires_grad=True)
+    losses = w * torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = tr.record(torch.tensor([3, 1, 0, 2]), losses)
+    assert out is losses
+    out.mean().backward()  # still part of the graph
+    assert torch.allclose(w.grad, torch.tensor([0.25, 0.5, 0.75, 1.0]))
+    assert torch.equal(tr.pending, torch.tensor([3.0, 2.0, 4.0, 1.0]))
+    assert not tr.pending.requires_grad
+    half = torch.tensor([0.5, 1.5], dtype=torch.float16)
+    assert tr.record(torch.tensor([0, 1]), half) is half
+
+
+# --------------------------------------------------------------------------- score_losses
+def index_dataset(n: int = 20) -> TensorDataset:
+    return TensorDataset(torch.arange(n, dtype=torch.float32).unsqueeze(1), torch.zeros(n))
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_score_losses_uses_eval_mode_and_restores(start_training: bool) -> None:
+    model = ConstLoss()
+    model.train(start_training)
+    out = score_losses(model, index_dataset(), [3, 4, 5], loss_fn, batch_size=2)
+    assert model.modes == [False, False]
+    assert model.training == start_training
+    model.modes.clear()
+    score_losses(model, index_dataset(), [3, 4, 5], loss_fn, eval_mode=False)
+    assert model.modes == [start_training]
+    assert model.training == start_training
+    assert not out.requires_grad
+
+
+def test_score_losses_restores_mode_after_error() -> None:
+    model = ConstLoss().train()
+
+    def bad(model: nn.Module, batch) -> torch.Tensor:
+        model(batch[0])
+        return torch.zeros(2, 2)  # not one loss per sample
+
+    with pytest.raises(ValueError, match="reduction='none'"):
+        score_losses(model, index_dataset(), [1, 2], forward=bad)
+    assert model.training
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_score_losses_order_matches_indices(wrap: bool, as_tensor: bool) -> None:
+    ds = index_dataset()
+    if wrap:
+        ds = IndexedDataset(ds)
+    idx = [13, 2, 7, 19, 0, 7 - 1, 11]
+    out = score_losses(ConstLoss(), ds, torch.tensor(idx) if as_tensor else idx, loss_fn, batch_size=3)
+    assert out.dtype == torch.float32
+    assert out.tolist() == [float(i) for i in idx]
+
+
+def test_score_losses_custom_forward_and_empty() -> None:
+    ds = IndexedDataset(index_dataset())
+    model = ConstLoss()
+    out = score_losses(model, ds, torch.tensor([5, 1]), forward=lambda mdl, batch: 2 * mdl(batch[0]) + 1)
+    assert out.tolist() == [11.0, 3.0]
+    assert score_losses(model, ds, [], loss_fn).numel() == 0
+    with pytest.raises(ValueError, match="loss_fn"):
+        score_losses(model, ds, [1])
+
+
+def test_end_epoch_scores_excluded_with_a_model() -> None:
+    """Full loop: excluded samples are scored by the model (eval mode) and judged on that."""
+    n = 6
+    ds = IndexedDataset(TensorDataset(torch.ones(n, 1), torch.zeros(n)))
+    model = ConstLoss()
+    tr = IES(n)
+    for e in range(9):
+        active = tr.active_indices()
+        if active.numel():
+            tr.record(active, torch.ones(active.numel()))
+        s = tr.end_epoch(model, ds, loss_fn)
+        assert s.scored_forward == s.excluded
+    assert tr.excluded.all()  # plateau of 1.0 in training and in scoring
+    assert model.training
+
+
+# --------------------------------------------------------------------------- history ring
+@pytest.mark.parametrize("dense", [False, True])
+def test_history_ring_matches_a_plain_shift(dense: bool) -> None:
+    """The ring buffer (sparse fix-up on CPU, dense where-path elsewhere) behaves like the
+    plain per-row shift of an (N, H) history, with and without missing samples."""
+    n, h = 7, 4
+    tr = IES(n, order=1, window=2, m=1)
+    plain = torch.full((n, h), float("nan"))
+    g = torch.Generator().manual_seed(0)
+    for e in range(11):
+        got = torch.rand(n, generator=g) < 0.6
+        if e == 3:
+            got[:] = True
+        if e == 4:
+            got[:] = False
+        vals = torch.randn(n, generator=g)
+        if got.any():
+            tr.record(torch.nonzero(got).flatten(), vals[got])
+        shifted = torch.cat([plain[:, 1:], vals.unsqueeze(1)], dim=1)
+        plain = torch.where(got.unsqueeze(1), shifted, plain)
+        tr._commit(tr.pending_mask, dense=dense)
+        tr.pending.fill_(float("nan"))
+        tr.pending_mask.zero_()
+        assert torch.allclose(tr.history, plain, equal_nan=True, rtol=0, atol=0), e
+
+
+def test_history_property_round_trip() -> None:
+    tr = IES(3, order=0, window=1, m=1)
+    for v in (1.0, 2.0, 3.0):
+        tr.record(torch.arange(3), torch.full((3,), v))
+        tr.step()
+    assert tr.history.tolist() == [[2.0, 3.0]] * 3
+    tr.history = torch.tensor([[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]])
+    assert tr.history.tolist() == [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]
+    tr.record(torch.tensor([1]), torch.tensor([0.5]))
+    tr.step()
+    assert tr.history.tolist() == [[5.0, 6.0], [8.0, 0.5], [9.0, 10.0]]
