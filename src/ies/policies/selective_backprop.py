@@ -1,0 +1,134 @@
+"""Selective Backprop (Jiang et al., 2019): backpropagate the samples with the biggest losses."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from .base import SelectionPolicy, register_policy
+from .random_remove import check_int, epoch_generator
+
+__all__ = ["SelectiveBackprop", "LossHistory"]
+
+
+class LossHistory:
+    """A fixed-size FIFO of the last ``size`` losses and the empirical CDF over it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buffer = torch.zeros(size, dtype=torch.float32)
+        self.count = 0  # how many slots are filled (<= size)
+        self.pos = 0  # next slot to overwrite
+
+    def push(self, losses: Tensor) -> None:
+        x = losses.detach().float().cpu().flatten()
+        if x.numel() >= self.size:  # only the newest `size` survive
+            self.buffer.copy_(x[-self.size:])
+            self.count, self.pos = self.size, 0
+            return
+        end = self.pos + x.numel()
+        if end <= self.size:
+            self.buffer[self.pos:end] = x
+        else:
+            k = self.size - self.pos
+            self.buffer[self.pos:] = x[:k]
+            self.buffer[: end - self.size] = x[k:]
+        self.pos = end % self.size
+        self.count = min(self.size, self.count + x.numel())
+
+    def values(self) -> Tensor:
+        return self.buffer[: self.count] if self.count < self.size else self.buffer
+
+    def cdf(self, losses: Tensor) -> Tensor:
+        """Share of the history at or below each loss, in ``[0, 1]`` (1 for the largest)."""
+        h = torch.sort(self.values()).values
+        if h.numel() == 0:
+            return torch.ones_like(losses, dtype=torch.float32)
+        pos = torch.searchsorted(h, losses.detach().float().cpu().contiguous(), right=True)
+        return pos.float() / h.numel()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"buffer": self.buffer.clone(), "count": self.count, "pos": self.pos}
+
+    def load_state_dict(self, s: Dict[str, Any]) -> None:
+        if s["buffer"].shape != (self.size,):
+            raise ValueError(f"loss history of size {tuple(s['buffer'].shape)} does not match history_size={self.size}")
+        self.buffer = s["buffer"].clone().float()
+        self.count, self.pos = int(s["count"]), int(s["pos"])
+
+
+@register_policy("selective-backprop")
+class SelectiveBackprop(SelectionPolicy):
+    """Selective Backprop (Jiang et al., "Accelerating Deep Learning by Focusing on the
+    Biggest Losers", 2019).
+
+    Every batch is forwarded (without gradient); each sample is then kept for the
+    backward pass with probability ``CDF(loss) ** beta``, where CDF is the loss's
+    percentile in a FIFO history of the last ``history_size`` losses (the batch's own
+    losses are pushed first, as the reference code adds each loss to the history before
+    ranking it). So the largest loss in the history is always kept, and on average a
+    share ``1 / (beta + 1)`` is backpropagated (beta 1 -> 50%, 2 -> 33%, 3 -> 25%).
+
+    Saving: only backward passes are saved. Every sample is still forwarded in the
+    selection pass (counted as forward-only at ``forward_cost``), and the kept ones are
+    forwarded again with gradient and backpropagated.
+
+    Deviations: the reference implementation accumulates selected samples until a full
+    batch is ready before the backward pass; here the engine backpropagates the kept part
+    of each batch at once (smaller, variable-size batches, same samples). The selection
+    forward runs in eval mode (BatchNorm uses running statistics). Percentile is the
+    "weak" one (share of the history <= the loss); the reference uses SciPy's ``rank``
+    percentile, which differs only by half a rank.
+
+    Args:
+        beta: selectivity exponent (> 0; the paper uses 1-3, default 1).
+        history_size: number of recent losses the percentile is taken over (default 1024).
+        min_keep: floor on the keep probability, in [0, 1) (default 0, the paper's rule;
+            SB's code calls it ``floor``). Useful to keep a batch from being empty.
+    """
+
+    saving_note = ("backward passes only: every sample is still forwarded (selection pass, counted as "
+                   "forward-only), then the kept ones are forwarded again and backpropagated")
+    needs_selection_pass = True
+    _SALT = 0x53424B50  # "SBKP"
+
+    def __init__(self, num_samples: int, *, total_epochs: int, seed: int = 0, forward_cost: float = 1.0 / 3.0,
+                 beta: float = 1.0, history_size: int = 1024, min_keep: float = 0.0) -> None:
+        super().__init__(num_samples, total_epochs=total_epochs, seed=seed, forward_cost=forward_cost)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a finite number > 0 (the paper uses 1, 2 or 3), got {beta!r}")
+        self.beta = float(beta)
+        self.history_size = check_int("history_size", history_size, low=1, hint=" (recent losses kept, e.g. 1024)")
+        if isinstance(min_keep, bool) or not isinstance(min_keep, (int, float)) or not 0.0 <= min_keep < 1.0:
+            raise ValueError(f"min_keep must be a number in [0, 1), got {min_keep!r}")
+        self.min_keep = float(min_keep)
+        self.history = LossHistory(self.history_size)
+        # One generator for the whole run (its state is saved), seeded from the run's seed mixed with a salt.
+        self.generator = epoch_generator(self.seed, 0, self._SALT)
+
+    def keep_probability(self, losses: Tensor) -> Tensor:
+        """``max(min_keep, CDF(loss) ** beta)`` against the current history (no update)."""
+        p = self.history.cdf(losses).pow(self.beta)
+        return p.clamp(min=self.min_keep)
+
+    def select(self, indices: Tensor, losses: Tensor) -> Tensor:
+        finite = torch.isfinite(losses.detach().cpu())
+        self.history.push(losses.detach().cpu()[finite])
+        p = self.keep_probability(losses.detach().cpu())
+        p[~finite] = 1.0  # a non-finite loss is never silently dropped
+        keep = torch.rand(p.shape, generator=self.generator) < p
+        return keep.to(indices.device)
+
+    def on_epoch_end(self, val_accuracy: Optional[float]) -> Dict[str, Any]:
+        c = self._counts
+        return {"selected_share": c["backprop"] / max(c["forward_only"], 1)}
+
+    def policy_state(self) -> Dict[str, Any]:
+        return {"history": self.history.state_dict(), "generator": self.generator.get_state()}
+
+    def load_policy_state(self, state: Dict[str, Any]) -> None:
+        self.history.load_state_dict(state["history"])
+        self.generator.set_state(state["generator"])
