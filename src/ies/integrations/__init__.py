@@ -1,0 +1,50 @@
+"""Framework integrations, each an optional extra that composes the core.
+
+* :mod:`ies.integrations.lightning` (``pip install instance-early-stopping[lightning]``):
+  ``IESCallback`` and ``ies_output`` for PyTorch Lightning.
+* :mod:`ies.integrations.huggingface` (``pip install instance-early-stopping[huggingface]``):
+  ``IESTrainer`` for ``transformers.Trainer``.
+
+Nothing here imports a framework until you ask for one of its names.
+
+Example:
+    >>> from ies.integrations.lightning import IESCallback, ies_output
+    >>> from ies.integrations import IESTrainer          # same as ies.integrations.huggingface.IESTrainer
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+__all__ = ["require"]  # the integrations' names load lazily: IESCallback, ies_output, IESTrainer, ...
+
+_LAZY = {
+    "IESCallback": "lightning",
+    "ies_output": "lightning",
+    "IESTrainer": "huggingface",
+    "IESTrainerCallback": "huggingface",
+    "per_sample_loss": "huggingface",
+}
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import ``module`` or raise ``ImportError`` naming the extra that installs it.
+
+    Example:
+        >>> pl = require("lightning.pytorch", "lightning")
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"this IES integration needs {module.split('.')[0]!r}: pip install instance-early-stopping[{extra}]"
+        ) from e
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        mod = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(mod, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,186 @@
+"""DistributedIES and the ActiveSampler under 2 CPU processes (gloo), plus single-process checks.
+
+One ``mp.spawn`` launch checks everything that needs two ranks (launches cost seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+
+from ies import IndexedDataset, InstanceEarlyStopping
+from ies.distributed import DistributedIES, all_gather_records, merge_records, unwrap_model, world_info
+
+N, BS, EPOCHS, RESUME_AT, SYNC_AT = 37, 4, 9, 4, 6
+RULE = dict(threshold=0.02, order=1, window=2, m=1)
+BIG = 2**24 + 1  # not representable in float32: 2**24 + 1 -> 2**24
+
+
+def loss_of(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Deterministic per-sample losses (bf16 values): constants, decays, and jumps that re-include samples."""
+    i = idx.double()
+    base = 0.5 + i / 100
+    decay = torch.where(idx % 5 == 1, 1.0 / (epoch + 1), 0.0)
+    jump = torch.where((idx % 4 == 0) & (epoch >= 5), 1.0, 0.0)
+    return (base + decay + jump).to(torch.bfloat16)
+
+
+def score_forward(model, batch):
+    return loss_of(batch[0], model.epoch_for_test)
+
+
+def reference():
+    """One process, fed the same per-sample losses: excluded set and stats after each epoch."""
+    ies = InstanceEarlyStopping(N, **RULE)
+    out = []
+    for e in range(EPOCHS):
+        act = ies.active_indices()
+        ies.record(act, loss_of(act, e))
+        exc = ies.indices_to_score()
+        ies.record_scores(exc, loss_of(exc, e))
+        ies.step()
+        out.append(ies.excluded.clone())
+    return out, ies
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gather(t: torch.Tensor, world: int):
+    out = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(out, t)
+    return out
+
+
+def _check_private_copy(parent: DistributedIES) -> None:
+    # mp.spawn pickles CPU tensors into shared memory; each rank must get its own copy.
+    assert not parent.pending.is_shared() and not parent.history.is_shared()
+
+
+def _check_large_indices(rank: int, world: int) -> None:
+    # The wire format: int64 indices and float32 losses in separate tensors, exact.
+    v = torch.tensor([0.75, 3.140625], dtype=torch.bfloat16)
+    idx, val, src, extra = all_gather_records(torch.tensor([2**40 + 1 + rank, BIG]), v * (rank + 1),
+                                              extra=torch.tensor([rank]))
+    assert idx.tolist() == [2**40 + 1, BIG, 2**40 + 2, BIG] and val.dtype == torch.float32
+    assert val.tolist() == [0.75, 3.140625, 1.5, 6.28125] and src.tolist() == [0, 0, 1, 1]
+    assert extra.flatten().tolist() == [0, 1]
+    # Through a tracker with N > 2**24 (dense state ~0.6 GB per rank): indices above 2**24 land exactly.
+    ies = DistributedIES(2**24 + 5, threshold=0.1, order=0, window=1, m=1)
+    mine = torch.tensor([BIG + 2 * rank, 7])  # 7 is recorded on both ranks (like sampler padding)
+    ies.record(mine, torch.tensor([0.375 + rank, 0.5 + rank], dtype=torch.bfloat16))
+    ies.sync()
+    assert ies.pending_mask.sum() == 3
+    assert ies.pending[BIG].item() == 0.375 and ies.pending[BIG + 2].item() == 1.375
+    assert ies.pending[7].item() == 0.5  # the lowest rank's loss wins, on every rank
+    assert ies._trained == 4  # counters summed over ranks
+    ies.sync()  # idempotent
+    assert ies.pending_mask.sum() == 3 and ies._trained == 4
+    del ies
+
+
+def _check_training(rank: int, world: int, tmpdir: str) -> None:
+    ref_excluded, ref = reference()
+    dataset = TensorDataset(torch.arange(N))
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1, 1))
+    model.module.epoch_for_test = 0
+    ies = DistributedIES(N, **RULE)
+    seen_padding = 0
+    for e in range(EPOCHS):
+        if e == RESUME_AT:  # resume under DDP: rank 0 saves, every rank loads into a fresh tracker
+            if rank == 0:
+                torch.save(ies.state_dict(), os.path.join(tmpdir, "ies.pt"))
+            dist.barrier()
+            ies = DistributedIES(N, **RULE)
+            ies.load_state_dict(torch.load(os.path.join(tmpdir, "ies.pt"), weights_only=True))
+        sampler = ies.sampler(shuffle=True, seed=3)
+        loader = DataLoader(IndexedDataset(dataset), sampler=sampler, batch_size=BS)
+        counts = torch.zeros(N, dtype=torch.int64)
+        yielded = 0
+        for b, (idx, (x,)) in enumerate(loader):
+            ies.record(idx, loss_of(x, e))
+            counts[idx] += 1
+            yielded += idx.numel()
+            if e == SYNC_AT and b == 0:
+                ies.sync()  # a mid-epoch merge (as before a checkpoint) must not double-count
+        assert yielded == len(sampler)
+        lens = _gather(torch.tensor([yielded]), world)
+        assert all(int(t) == yielded for t in lens)  # every rank yields the same number of indices
+        active = ~ies.excluded
+        dist.all_reduce(counts)
+        assert counts[~active].sum() == 0  # excluded samples are not trained
+        assert (counts[active] >= 1).all()  # every active sample is trained
+        padding = yielded * world - int(active.sum())
+        assert int(counts.sum()) - int(active.sum()) == padding and int((counts - 1).clamp(min=0).sum()) == padding
+        seen_padding += padding
+        model.module.epoch_for_test = e
+        scored_here = ies.score(model, dataset, forward=score_forward, batch_size=5)
+        assert scored_here == len(ies.indices_to_score()[rank::world])  # the scoring pass is split
+        stats = ies.step()
+        assert stats.trained_forward == yielded * world and stats.scored_forward == int((~active).sum())
+        masks = _gather(ies.excluded.to(torch.uint8), world)
+        assert torch.equal(masks[0], masks[1])  # ranks agree exactly
+        assert torch.equal(ies.excluded, ref_excluded[e]), e  # and with the single-process run
+        all_stats = [None] * world
+        dist.all_gather_object(all_stats, stats.as_dict())
+        assert all_stats[0] == all_stats[1]
+    assert seen_padding > 0  # N is odd: padding happened and was counted
+    assert int(ref.times_reincluded.sum()) > 0 and int(ref.excluded.sum()) > 0  # the run exercised both ways
+    assert torch.equal(ies.history.nan_to_num(-1), ref.history.nan_to_num(-1))
+    assert torch.equal(ies.times_reincluded, ref.times_reincluded)
+
+
+def _worker(rank: int, world: int, port: int, tmpdir: str, parent: DistributedIES) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        assert world_info() == (world, rank)
+        _check_private_copy(parent)
+        _check_training(rank, world, tmpdir)
+        _check_large_indices(rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_gloo(tmp_path):
+    parent = DistributedIES(N, **RULE)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), parent), nprocs=2, join=True)
+
+
+# ----------------------------------------------------------------- single process
+
+
+def test_merge_records_lowest_rank_wins():
+    idx, val = merge_records(torch.tensor([5, 2, 5, 9, 2]), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert idx.tolist() == [2, 5, 9] and val.tolist() == [2.0, 1.0, 4.0]
+    e_idx, e_val = merge_records(torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+    assert e_idx.numel() == 0 and e_val.numel() == 0
+
+
+def test_single_process_is_the_plain_tracker():
+    assert world_info() == (1, 0)
+    a, b = DistributedIES(N, **RULE), InstanceEarlyStopping(N, **RULE)
+    for e in range(5):
+        for t in (a, b):
+            act = t.active_indices()
+            t.record(act, loss_of(act, e))
+            t.record_scores(t.indices_to_score(), loss_of(t.indices_to_score(), e))
+        assert a.step().as_dict() == b.step().as_dict()
+    assert len(a.sampler()) == a.num_active
+    idx, val, src, extra = all_gather_records(torch.tensor([BIG]), torch.tensor([0.5], dtype=torch.bfloat16))
+    assert idx.tolist() == [BIG] and val.dtype == torch.float32 and src.tolist() == [0] and extra.shape == (1, 0)
+    net = torch.nn.Linear(2, 2)
+    assert unwrap_model(torch.nn.DataParallel(net)) is net
+    with pytest.raises(ValueError, match="int64"):
+        all_gather_records(torch.tensor([1.0]), torch.tensor([1.0]))

@@ -1,0 +1,204 @@
+"""IESTrainer with tiny models built from configs (no downloads) on synthetic tokens, on CPU."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    TrainingArguments,
+)
+
+from ies.integrations.huggingface import IES_STATE_NAME, IESTrainer, per_sample_loss  # noqa: E402
+from ies.training import EpochProgressLR  # noqa: E402
+
+N, T, V, BS = 40, 8, 64, 8
+RULE = dict(threshold=0.5, order=0, window=1, m=1)  # mastered when the last loss < 0.5 (from the 2nd loss on)
+
+
+def bert():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
+    return BertForSequenceClassification(cfg)
+
+
+def gpt2():
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=2, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg)
+
+
+def cls_data():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, V, (N, T), generator=g)
+    # "length" is not a BertForSequenceClassification.forward argument: the column filter must drop it, not "idx"
+    return [{"input_ids": ids[i], "attention_mask": torch.ones(T, dtype=torch.long), "labels": int(ids[i, 0] < V // 2),
+             "idx": i, "length": T} for i in range(N)]
+
+
+def lm_data():
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for i in range(N):
+        n = 3 + i % (T - 3)  # variable length, right padded with 0 / label -100
+        ids = torch.zeros(T, dtype=torch.long)
+        ids[:n] = torch.randint(1, V, (n,), generator=g)
+        labels = torch.full((T,), -100)
+        labels[:n] = ids[:n]
+        mask = (labels != -100).long()
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels, "idx": i})
+    return out
+
+
+def args(tmp_path, epochs, **kw):
+    kw.setdefault("save_strategy", "no")
+    return TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=epochs, per_device_train_batch_size=BS,
+        per_device_eval_batch_size=16, learning_rate=5e-3, use_cpu=True, report_to="none", disable_tqdm=True,
+        logging_strategy="no", seed=0, lr_scheduler_type="linear", **kw,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def spy_records(trainer):
+    """Wrap trainer.ies.record: the indices trained in each epoch."""
+    seen: dict = {}
+    orig = trainer.ies.record
+
+    def record(idx, losses, **kw):
+        seen.setdefault(trainer.ies.epoch, []).extend(idx.tolist())
+        return orig(idx, losses, **kw)
+
+    trainer.ies.record = record
+    return seen
+
+
+def test_per_sample_loss_matches_model_loss():
+    model = gpt2().eval()
+    batch = torch.utils.data.default_collate(lm_data()[:6])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        mine = per_sample_loss(logits, batch["labels"], "causal_lm")
+        for i in range(6):  # the model's own loss of a single sample: mean over its non-padding tokens
+            ref = model(input_ids=batch["input_ids"][i:i + 1], attention_mask=batch["attention_mask"][i:i + 1],
+                        labels=batch["labels"][i:i + 1]).loss
+            assert torch.allclose(mine[i], ref, atol=1e-5)
+    cls_logits = torch.randn(5, 3)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    assert torch.allclose(per_sample_loss(cls_logits, y), torch.nn.functional.cross_entropy(cls_logits, y, reduction="none"))
+    tok = per_sample_loss(torch.randn(2, 4, 5, dtype=torch.bfloat16), torch.tensor([[1, -100, 2, -100], [-100] * 4]), "token")
+    assert tok.dtype == torch.float32 and tok[1] == 0  # no labelled token: 0
+    with pytest.raises(ValueError, match="loss_type"):
+        per_sample_loss(cls_logits, y, "mean")
+
+
+def test_train_epochs_schedule_and_resume(tmp_path):
+    """Only active samples train; steps per epoch follow the active set; the linear LR ends at 0; resume is exact."""
+    full = IESTrainer(model=bert(), args=args(tmp_path / "full", 4, save_strategy="epoch"), train_dataset=cls_data(),
+                      ies_kwargs=RULE)
+    seen = spy_records(full)
+    steps_at_epoch_end = []
+
+    class StepProbe(transformers.TrainerCallback):
+        def on_epoch_end(self, a, state, control, **kw):
+            steps_at_epoch_end.append(state.global_step)
+
+    full.add_callback(StepProbe())
+    full.train()
+    log = full.ies.history_log
+    assert len(log) == 4
+    actives = [s.active for s in log]
+    assert actives[:2] == [N, N] and actives[2] < N and actives[3] < actives[2], actives  # epochs shrink
+    for e, s in enumerate(log):
+        excluded_before = set(range(N)) - set(seen[e])
+        assert sorted(seen[e]) == sorted(set(seen[e])) and len(seen[e]) == s.active  # each active sample once
+        assert s.excluded == len(excluded_before) and s.scored_forward == s.excluded
+    per_epoch = [b - a for a, b in zip([0] + steps_at_epoch_end, steps_at_epoch_end)]
+    assert per_epoch == [math.ceil(a / BS) for a in actives]  # the Trainer ran each epoch's real length
+    assert isinstance(full.lr_scheduler, EpochProgressLR)
+    assert full.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # linear decay reached its end
+    assert full.state.max_steps == 4 * math.ceil(N / BS)  # planned from the full data
+    logged = [h for h in full.state.log_history if "ies/active" in h]
+    assert [h["ies/active"] for h in logged] == actives
+
+    # Resume from the checkpoint written after the 3rd (shortened) epoch. The global step no longer
+    # tells the epoch (the Trainer alone would resume inside epoch 2): IES state and trajectory must match.
+    ckpt = tmp_path / "full" / f"checkpoint-{steps_at_epoch_end[2]}"
+    assert (ckpt / IES_STATE_NAME).is_file()
+    resumed = IESTrainer(model=bert(), args=args(tmp_path / "full", 4), train_dataset=cls_data(), ies_kwargs=RULE)
+    seen2 = spy_records(resumed)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert resumed.ies.epoch == 4 and sorted(seen2) == [3]
+    assert seen2[3] == seen[3]  # same samples in the same order
+    assert [s.as_dict() for s in resumed.ies.history_log] == [s.as_dict() for s in log]
+    assert torch.equal(resumed.ies.excluded, full.ies.excluded)
+    assert torch.allclose(resumed.ies.history.nan_to_num(-1), full.ies.history.nan_to_num(-1), atol=1e-5)
+    assert resumed.state.global_step == full.state.global_step
+
+
+def test_causal_lm_trains_and_errors(tmp_path):
+    tr = IESTrainer(model=gpt2(), args=args(tmp_path, 2), train_dataset=lm_data(), ies_kwargs=dict(RULE, threshold=10.0))
+    tr.train()
+    assert [s.active for s in tr.ies.history_log] == [N, N]  # judged after two losses: nothing excluded before
+    assert tr.ies.excluded.all()  # threshold 10: every sample mastered after epoch 2
+
+    no_idx = [{k: v for k, v in d.items() if k != "idx"} for d in lm_data()]
+    tr2 = IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=no_idx, ies_kwargs=RULE)
+    with pytest.raises(ValueError, match="'idx' column"):
+        tr2.train()
+    with pytest.raises(ValueError, match="num_samples"):
+        IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=lm_data(),
+                   ies=__import__("ies").InstanceEarlyStopping(N + 1))
+
+
+def test_gradient_accumulation_steps_follow_each_epoch(tmp_path):
+    """GA=2: every micro-batch recorded once; each epoch ends with an optimizer step, however short it is."""
+    tr = IESTrainer(model=bert(), args=args(tmp_path, 4, gradient_accumulation_steps=2), train_dataset=cls_data(),
+                    ies_kwargs=RULE)
+    seen = spy_records(tr)
+    ends = []
+
+    class StepProbe(transformers.TrainerCallback):
+        def on_epoch_end(self, a, state, control, **kw):
+            ends.append(state.global_step)
+
+    tr.add_callback(StepProbe())
+    tr.train()
+    actives = [s.active for s in tr.ies.history_log]
+    assert min(actives) < N
+    for e, a in enumerate(actives):
+        assert len(seen[e]) == len(set(seen[e])) == a
+    per_epoch = [b - a for a, b in zip([0] + ends, ends)]
+    assert per_epoch == [math.ceil(math.ceil(a / BS) / 2) for a in actives]
+    assert tr.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_padded_duplicates_in_a_batch_are_recorded_once(tmp_path):
+    """accelerate's even_batches pads a short last batch by repeating samples, possibly in one batch."""
+    tr = IESTrainer(model=bert(), args=args(tmp_path, 1), train_dataset=cls_data(), ies_kwargs=RULE)
+    data = cls_data()
+    batch = torch.utils.data.default_collate([{k: v for k, v in data[i].items() if k != "length"} for i in (3, 1, 3)])
+    tr.model.train()
+    loss = tr.compute_loss(tr.model, batch)
+    assert loss.dim() == 0 and loss.requires_grad
+    assert tr.ies.pending_mask.nonzero().flatten().tolist() == [1, 3]

@@ -1,0 +1,252 @@
+"""IESCallback with a real lightning.Trainer on CPU: fit, epoch lengths, checkpoint/resume, ddp_spawn."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+L = pytest.importorskip("lightning.pytorch")
+
+from ies import IndexedDataset, InstanceEarlyStopping  # noqa: E402
+from ies.distributed import DistributedIES  # noqa: E402
+from ies.integrations.lightning import IESCallback, ies_output  # noqa: E402
+from ies.training import EpochProgressLR  # noqa: E402
+
+N, BS, THR = 64, 8, 0.5
+# Samples i < CUT[e] have a low synthetic loss at epoch e, so they are excluded at e+1
+# (rule order=0, window=1, m=1: mastered when the last loss < THR, from the 2nd loss on).
+# Active counts per epoch: 64, 64, 24, 56, 16, 64: epochs shrink, then grow again.
+CUT = {1: 40, 2: 8, 3: 48}
+RULE = dict(threshold=THR, order=0, window=1, m=1)
+
+
+def synthetic_loss(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    low = idx < CUT.get(epoch, 0)
+    return torch.where(low, torch.full(idx.shape, 0.1), torch.full(idx.shape, 1.0) + idx.float() / 1000)
+
+
+def make_data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 4, generator=g)
+    return TensorDataset(x, (x[:, 0] > 0).long())
+
+
+def score_forward(model, batch):
+    """Scoring pass over TensorDataset(arange(N)): the synthetic loss of the current epoch."""
+    return synthetic_loss(batch[0], model.current_epoch)
+
+
+class Net(L.LightningModule):
+    def __init__(self, cb: IESCallback) -> None:
+        super().__init__()
+        self.cb = [cb]  # a list: not a submodule, not a hyperparameter
+        self.lin = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.lin(x)
+
+    def train_dataloader(self):
+        return DataLoader(IndexedDataset(make_data()), sampler=self.cb[0].sampler(), batch_size=BS)
+
+    def training_step(self, batch, batch_idx):
+        idx, (x, y) = batch
+        real = F.cross_entropy(self(x), y, reduction="none")
+        out = ies_output(idx, real)
+        out["ies_losses"] = synthetic_loss(idx, self.current_epoch)  # drive the rule deterministically
+        return out
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class NetWithVal(Net):
+    def val_dataloader(self):
+        return DataLoader(make_data(), batch_size=32)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+class Probe(L.Callback):
+    """Per rank and epoch: indices trained, batches, validation runs, excluded set after step()."""
+
+    def __init__(self, out_dir: str = "") -> None:
+        self.out_dir = out_dir
+        self.trained: dict = {}
+        self.excluded: dict = {}
+        self.val_runs: dict = {}
+        self.num_batches: dict = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.trained[trainer.current_epoch] = []
+        self.num_batches[trainer.current_epoch] = trainer.num_training_batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.trained[trainer.current_epoch] += batch[0].tolist()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.val_runs[trainer.current_epoch] = self.val_runs.get(trainer.current_epoch, 0) + 1
+
+    def on_train_epoch_end(self, trainer, pl_module):  # runs after IESCallback's (callback order)
+        ies = next(cb for cb in trainer.callbacks if isinstance(cb, IESCallback)).ies
+        self.excluded[trainer.current_epoch] = ies.excluded_indices().tolist()
+
+    def on_train_end(self, trainer, pl_module):
+        if self.out_dir:
+            with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
+                json.dump({"trained": self.trained, "excluded": self.excluded, "batches": self.num_batches}, f)
+
+
+def reference_excluded(epochs: int) -> dict:
+    """Single-process tracker fed the same per-sample losses: excluded set after each epoch."""
+    ies = InstanceEarlyStopping(N, **RULE)
+    out = {}
+    for e in range(epochs):
+        ies.record(torch.arange(N), synthetic_loss(torch.arange(N), e))  # every sample has a loss each epoch
+        ies.step()
+        out[e] = ies.excluded_indices().tolist()
+    return out
+
+
+def trainer(tmp_path, epochs, cbs, **kw):
+    return L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, callbacks=cbs, use_distributed_sampler=False,
+        logger=L.loggers.CSVLogger(str(tmp_path), name="logs"), enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+        enable_checkpointing=any(isinstance(c, L.callbacks.ModelCheckpoint) for c in cbs), **kw,
+    )
+
+
+def new_cb():
+    return IESCallback(N, forward=score_forward, score_dataset=TensorDataset(torch.arange(N)), score_batch_size=16, **RULE)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*(does not have many workers|num_workers|log_every_n_steps|LeafSpec|Be aware that).*")
+        yield
+
+
+def test_fit_epoch_lengths_logging_and_validation(tmp_path):
+    cb, probe = new_cb(), Probe()
+    t = trainer(tmp_path, 6, [cb, probe], log_every_n_steps=1, precision="bf16-mixed")  # CPU autocast
+    t.fit(NetWithVal(cb))
+    ref = reference_excluded(6)
+    assert probe.excluded == ref
+    active_counts = [N - len(ref[e - 1]) if e else N for e in range(6)]
+    assert active_counts == [64, 64, 24, 56, 16, 64]
+    for e in range(6):
+        trained = probe.trained[e]
+        excluded_before = set(ref[e - 1]) if e else set()
+        assert sorted(trained) == sorted(set(range(N)) - excluded_before), e  # each active sample once
+        assert probe.num_batches[e] == -(-active_counts[e] // BS)  # Lightning's cached length refreshed
+    assert probe.val_runs == {e: 1 for e in range(6)}  # validation still at every (shorter) epoch's end
+    assert [s.active for s in cb.ies.history_log] == active_counts
+    assert float(t.callback_metrics["ies/excluded"]) == N - 64 + len(ref[4])
+    logged = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "ies/active" in logged and "ies/backprop_saved" in logged
+
+
+def test_checkpoint_resume_matches_uninterrupted(tmp_path):
+    full_cb, full_probe = new_cb(), Probe()
+    trainer(tmp_path / "full", 6, [full_cb, full_probe]).fit(Net(full_cb))
+
+    ck = L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_last=True)
+    cb1 = new_cb()
+    trainer(tmp_path / "a", 3, [cb1, ck]).fit(Net(cb1))
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
+    saved = next(v for k, v in state["callbacks"].items() if "IESCallback" in k)
+    assert saved["tracker"]["epoch"] == 3
+
+    cb2, probe2 = new_cb(), Probe()
+    net2 = Net(cb2)
+    trainer(tmp_path / "b", 6, [cb2, probe2]).fit(net2, ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    assert cb2.ies.epoch == 6
+    for e in (3, 4, 5):
+        assert probe2.excluded[e] == full_probe.excluded[e]
+        assert probe2.trained[e] == full_probe.trained[e]  # same order: same epoch seeds, same active set
+    assert [s.as_dict() for s in cb2.ies.history_log] == [s.as_dict() for s in full_cb.ies.history_log]
+    assert torch.equal(cb2.ies.history.nan_to_num(-1), full_cb.ies.history.nan_to_num(-1))
+
+
+def test_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="loss_fn"):
+        IESCallback(N)
+    with pytest.raises(ValueError, match="num_samples"):
+        IESCallback(loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(ValueError, match="reduction='none'"):
+        ies_output(torch.arange(3), torch.tensor(1.0))
+
+    cb = new_cb()
+
+    class Plain(Net):
+        def train_dataloader(self):
+            return DataLoader(IndexedDataset(make_data()), batch_size=BS, shuffle=True)
+
+    with pytest.raises(ValueError, match=r"sampler=ies_callback.sampler\(\)"):
+        trainer(tmp_path, 1, [cb]).fit(Plain(cb))
+
+    class WrongShards(Net):
+        def train_dataloader(self):
+            return DataLoader(IndexedDataset(make_data()), sampler=self.cb[0].sampler(num_replicas=2, rank=0))
+
+    with pytest.raises(ValueError, match="inside train_dataloader"):
+        trainer(tmp_path, 1, [cb]).fit(WrongShards(cb))
+
+
+def test_ddp_spawn_two_processes(tmp_path):
+    """2 CPU processes (gloo): ranks agree, every active sample trained once, same sets as one process."""
+    cb = new_cb()
+    assert isinstance(cb.ies, DistributedIES)
+    ck = L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_last=True)
+    t = L.Trainer(
+        max_epochs=5, accelerator="cpu", devices=2, strategy="ddp_spawn", callbacks=[cb, Probe(str(tmp_path)), ck],
+        use_distributed_sampler=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    t.fit(Net(cb))
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    ref = reference_excluded(5)
+    for e in range(5):
+        k = str(e)
+        assert r0["excluded"][k] == r1["excluded"][k] == ref[e], (e, r0, r1)  # ranks agree, and with one process
+        active = set(range(N)) - (set(ref[e - 1]) if e else set())
+        both = r0["trained"][k] + r1["trained"][k]
+        assert set(both) == active  # every active sample trained
+        per_rank = -(-len(active) // 2)
+        assert len(r0["trained"][k]) == len(r1["trained"][k]) == per_rank  # same count on each rank
+        assert len(both) - len(active) == 2 * per_rank - len(active)  # duplicates are the padding only
+        assert r0["batches"][k] == r1["batches"][k] == -(-per_rank // BS)
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
+    saved = next(v for k, v in state["callbacks"].items() if "IESCallback" in k)["tracker"]
+    assert saved["epoch"] == 5 and saved["excluded"].nonzero().flatten().tolist() == ref[4]
+
+
+class NetSched(Net):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        sched = EpochProgressLR(opt, lambda p: 1.0 - p, total_epochs=6)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_empty_epochs_and_epoch_progress_schedule(tmp_path, monkeypatch):
+    """Every sample excluded: empty epochs, not the end of fit; the LR schedule still ends at its end."""
+    monkeypatch.setattr(sys.modules[__name__], "CUT", {1: N, 2: N})  # all excluded at epochs 2 and 3
+    cb, probe = new_cb(), Probe()
+    t = trainer(tmp_path, 6, [cb, probe])
+    t.fit(NetSched(cb))
+    assert [s.active for s in cb.ies.history_log] == [N, N, 0, 0, N, N]
+    assert {e: len(v) for e, v in probe.trained.items()} == {0: N, 1: N, 2: 0, 3: 0, 4: N, 5: N}
+    sched = t.lr_scheduler_configs[0].scheduler
+    assert sched.progress == 1.0 and sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
