@@ -7,6 +7,7 @@ again. See README.md for the five-line integration.
 
 from .criterion import history_length, kth_difference, mastered_mask, mastery_score, moving_average_abs
 from .dataset import IndexedDataset
+from .distributed import DistributedIES
 from .sampler import ActiveSampler, active_order
 from .scoring import score_losses
 from .tracker import IES, EpochStats, IESConfig, InstanceEarlyStopping
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IES",
     "InstanceEarlyStopping",
+    "DistributedIES",
     "IESConfig",
     "EpochStats",
     "ActiveSampler",

@@ -303,3 +303,16 @@ def test_efficient_train_model_runs_on_smaller_inputs(monkeypatch) -> None:
     assert [r["input_size"] for r in res.epochs] == ["10x10", "15x15", "20x20", "20x20"]
     expect = 1 - (0.25 + 0.5625 + 1 + 1) / 4
     assert res.summary["backprop_saved"] == pytest.approx(expect)
+
+
+def test_efficient_train_refuses_fixed_size_model_before_training() -> None:
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g),
+                      torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g), image=True)
+    cfg = RunConfig(dataset="fashion-mnist", model="mlp", method="efficient-train", epochs=2, batch_size=16)
+    with pytest.raises(ValueError, match=r"efficient-train.*14x14.*keep_size=true"):
+        run_training(cfg, data)
+    # The default Fashion-MNIST model pools adaptively, so the curriculum runs on it.
+    res = run_training(RunConfig(dataset="fashion-mnist", model="small-cnn", method="efficient-train",
+                                 epochs=2, batch_size=16), data)
+    assert res.epochs[0]["input_size"] == "14x14"

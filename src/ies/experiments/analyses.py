@@ -132,7 +132,6 @@ def add_commands(sub: Any) -> None:
         p = asub.add_parser(name, help=_HELP[name], description=_HELP[name])
         p.add_argument("--seeds", type=_positive_int, default=1, help="number of training seeds, 0..N-1 (default 1)")
         p.add_argument("--ies", default="ies", help="IES spec for the IES runs, e.g. ies:threshold=0.001 (default ies)")
-        p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
         _add_specific(p, ANALYSES if name == "all" else (name,))
         _add_run_args(p)
         p.set_defaults(func=cmd_analyze)

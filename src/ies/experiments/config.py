@@ -23,9 +23,14 @@ OPTIMIZERS = {
 }
 
 # Per-dataset defaults: the model and batch size each dataset is usually trained with.
+# mnist1d: 10,000 training samples (2,500 test) rather than the package's 4,000/1,000, so that a
+# 3-seed comparison resolves differences of a few tenths of a point (one test sample is 0.04
+# points, not 0.1); Adam with cosine decay to 0 over 80 epochs trains the CNN to ~96.8%, and the
+# decay lets per-sample losses settle, which is what the rule looks for (docs/benchmarks/compare.md).
 DEFAULTS_BY_DATASET: Dict[str, Dict[str, Any]] = {
-    "mnist1d": {"model": "mnist1d-cnn", "batch_size": 64, "epochs": 60, "optimizer": "adam", "lr": 3e-3},
-    "fashion-mnist": {"model": "small-cnn", "batch_size": 128, "epochs": 15, "optimizer": "adam", "lr": 1e-3},
+    "mnist1d": {"model": "mnist1d-cnn", "train_size": 10000, "batch_size": 100, "epochs": 80,
+                "optimizer": "adam-cos", "lr": 1e-2},
+    "fashion-mnist": {"model": "small-cnn", "batch_size": 128, "epochs": 20, "optimizer": "adam-cos", "lr": 2e-3},
     "cifar10": {"model": "resnet18", "batch_size": 64, "epochs": 200, "optimizer": "sgd", "lr": 0.1, "augment": True},
     "cifar100": {"model": "resnet18", "batch_size": 64, "epochs": 200, "optimizer": "sgd", "lr": 0.1, "augment": True},
 }
@@ -37,7 +42,7 @@ class RunConfig:
 
     dataset: str = "mnist1d"
     data_dir: Optional[str] = None  # fashion-mnist / cifar: where the files are
-    train_size: Optional[int] = None  # None: the dataset's standard size (mnist1d: 4000)
+    train_size: Optional[int] = None  # None: the dataset's default (mnist1d: 10000; others: all)
     val_fraction: float = 0.0  # held-out validation split carved from training data
     model: Optional[str] = None  # None: the dataset's default (DEFAULTS_BY_DATASET)
     method: str = "ies"

@@ -102,7 +102,7 @@ def load_dataset(
         name: dataset name, case-insensitive.
         data_dir: folder holding the dataset files (file-based datasets only).
         train_size: size of the train split. For mnist1d it sets how many samples are
-            generated (default 4000 train / 1000 test); for the others it takes a seeded
+            generated (4000 train / 1000 test when None; `ies` runs default to 10000); for the others it takes a seeded
             random subset of the official train split (default: all of it).
         val_fraction: fraction in ``[0, 0.5)`` of the train split held out, seeded, as
             ``x_val``/``y_val`` and removed from training.

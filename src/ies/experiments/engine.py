@@ -138,6 +138,7 @@ def run_training(
     base_lrs = [g["lr"] for g in opt.param_groups]
     n = len(data)
     policy = build_policy(cfg.method, n, total_epochs=cfg.epochs, seed=cfg.seed, **cfg.method_params)
+    policy.check_model(model, data.x_train[:2].to(dev))
     xtr, ytr = data.x_train.to(dev), data.y_train.to(dev)
     xte, yte = data.x_test.to(dev), data.y_test.to(dev)
     has_val = data.x_val is not None and data.x_val.shape[0] > 0

@@ -86,7 +86,11 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Two conv-BN-ReLU-maxpool stages + MLP head, for 28x28 (Fashion-MNIST) images."""
+    """Two conv-BN-ReLU-maxpool stages + MLP head, for 28x28 (Fashion-MNIST) images.
+
+    An adaptive average pool to the full-size feature map (7x7 for 28x28) sits before the
+    head: the identity at full size, and it lets resolution curricula feed smaller images.
+    """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
         super().__init__()
@@ -103,6 +107,7 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2),
         )
         side = (image_size // 2) // 2  # 28 -> 14 -> 7
+        self.pool = nn.AdaptiveAvgPool2d(side)
         self.classifier = nn.Sequential(
             nn.Linear(64 * side * side, 128),
             nn.ReLU(inplace=True),
@@ -110,7 +115,7 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))  # (N, 64, 7, 7) -> (N, 3136)
+        return self.classifier(self.pool(self.features(x)).flatten(1))  # (N, 64, 7, 7) -> (N, 3136)
 
 
 # ----------------------------------------------------------------------------- ResNet

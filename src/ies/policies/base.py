@@ -111,6 +111,9 @@ class SelectionPolicy:
         """Change a training batch's inputs (e.g. resolution curricula)."""
         return x
 
+    def check_model(self, model: "torch.nn.Module", example: Tensor) -> None:
+        """Raise ``ValueError`` before training if ``model`` cannot run this method on batches like ``example``."""
+
     def indices_to_score(self) -> Tensor:
         """Indices that need a forward-only loss after this epoch's training."""
         return torch.zeros(0, dtype=torch.int64)

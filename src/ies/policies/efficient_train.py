@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -95,6 +96,27 @@ class EfficientTrain(SelectionPolicy):
             return F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False)
         self._cost = (h * w) / (H * W)
         return small
+
+    def check_model(self, model: torch.nn.Module, example: Tensor) -> None:
+        """Refuse a model that only takes full-size inputs, with the fix, before any training."""
+        if example.dim() != 4 or self.keep_size:
+            self.transform_inputs(example[:1])  # the image-data check, with its message
+            return
+        h, w = self.input_size(int(example.shape[-2]), int(example.shape[-1]), epoch=0)
+        small = torch.zeros(*example.shape[:2], h, w, dtype=example.dtype, device=example.device)[:2]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(small)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"method 'efficient-train' trains on {h}x{w} inputs early on, but this model only takes "
+                f"{example.shape[-2]}x{example.shape[-1]} ({str(e).splitlines()[0]}). Use a model with global "
+                f"pooling (small-cnn, resnet*, vgg16, densenet121) or efficient-train:keep_size=true."
+            ) from None
+        finally:
+            model.train(was_training)
 
     def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None, forward_only: int = 0) -> None:
         b = int(losses.shape[0]) if backpropagated is None else int(backpropagated)
