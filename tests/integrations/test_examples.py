@@ -13,11 +13,22 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+# Under heavy CPU load, a gloo worker thread very rarely aborts the interpreter's teardown
+# *after* the script has finished and destroyed its process group ("terminate called without an
+# active exception", SIGABRT; see pytorch/pytorch#190489). Only that exact failure, after the
+# script printed its last line, earns one rerun; any other failure fails the test.
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def run(args, tmp_path, timeout=120):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    for attempt in range(2):
+        proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        teardown_only = "done:" in proc.stdout and _TEARDOWN_ABORT in proc.stderr
+        if proc.returncode == 0 or not teardown_only or attempt == 1:
+            break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -28,7 +39,6 @@ def test_plain_loop(tmp_path):
 
 
 def test_lightning_example(tmp_path):
-    pytest.importorskip("lightning")
     out = run([str(EXAMPLES / "lightning_example.py"), "--epochs", "2", "--resume-epochs", "1", "--out",
                str(tmp_path / "run")], tmp_path)
     assert "epoch  1" in out and "resumed from epoch 2 to 3" in out and "done:" in out
@@ -36,7 +46,6 @@ def test_lightning_example(tmp_path):
 
 def test_huggingface_example_under_torchrun(tmp_path):
     """Two processes: accelerate shards the active sampler's batches, DistributedIES merges the losses."""
-    pytest.importorskip("transformers")
     out = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(EXAMPLES / "huggingface_example.py"), "--epochs", "3", "--resume-epochs", "1", "--order", "0",
                "--window", "1", "--threshold", "0.69", "--out", str(tmp_path / "run")], tmp_path)

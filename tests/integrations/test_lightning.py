@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-L = pytest.importorskip("lightning.pytorch")
+import lightning.pytorch as L  # noqa: E402  (the [lightning] extra; part of [dev])
 
 from ies import IndexedDataset, InstanceEarlyStopping  # noqa: E402
 from ies.distributed import DistributedIES  # noqa: E402
