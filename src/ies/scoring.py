@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -10,18 +11,20 @@ from torch.utils.data import DataLoader, Subset
 
 from .dataset import IndexedDataset
 
-__all__ = ["score_losses", "default_forward"]
+__all__ = ["score_losses", "default_forward", "to_device"]
 
 
-def _to(obj: Any, device: Optional[torch.device]) -> Any:
+def to_device(obj: Any, device: Optional[torch.device]) -> Any:
+    """Move the tensors in a (nested) batch to ``device``: mappings (incl. Hugging Face's
+    ``BatchEncoding``) become dicts, lists and tuples keep their type; ``None`` leaves it as is."""
     if device is None:
         return obj
     if isinstance(obj, Tensor):
         return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
+        return type(obj)(to_device(v, device) for v in obj)
     return obj
 
 
@@ -74,7 +77,7 @@ def score_losses(
     out = []
     try:
         for batch in loader:
-            batch = _to(batch, device)
+            batch = to_device(batch, device)
             losses = forward(model, batch) if forward is not None else default_forward(model, batch, loss_fn)
             if losses.dim() != 1:
                 raise ValueError(

@@ -18,14 +18,6 @@ from ies.policies import build_policy
 from ies.policies.selective_backprop import LossHistory
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mnist1d_run(method: str, epochs: int, val_fraction: float = 0.0, **params):
     data = load_dataset("mnist1d", train_size=200, val_fraction=val_fraction)
     cfg = RunConfig(dataset="mnist1d", train_size=200, val_fraction=val_fraction, method=method,

@@ -50,15 +50,6 @@ TABLE: Dict[str, Case] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: one intra-op thread is much faster than contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyPoolCNN(nn.Module):
     """A size-agnostic conv net (adaptive pooling), so the resolution curriculum really shrinks inputs."""
 

@@ -14,14 +14,6 @@ from ies.experiments.tradeoff import calibrate, tradeoff_specs
 TINY = ["--train-size", "100", "--batch-size", "32", "--seeds", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_tradeoff_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "trade"
     rc = cli.main(["tradeoff", *TINY, "--epochs", "3", "--orders", "0,2", "--scale", "1,100",

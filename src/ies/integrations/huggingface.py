@@ -54,6 +54,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..distributed import DistributedIES, merge_records  # noqa: E402
 from ..sampler import ActiveSampler  # noqa: E402
+from ..scoring import to_device  # noqa: E402
 from ..tracker import EpochStats, InstanceEarlyStopping  # noqa: E402
 from ..training import EpochProgressLR  # noqa: E402
 
@@ -107,17 +108,6 @@ def _auto_loss_type(model: torch.nn.Module, logits: Tensor, labels: Tensor) -> s
     return "classification"
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
-    """Move tensors in (nested) mappings/sequences, including ``BatchEncoding`` (a ``UserDict``)."""
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
 def _at_step(step_lambda: Callable[[float], float], total_steps: int, progress: float) -> float:
     return step_lambda(progress * total_steps)
 
@@ -144,7 +134,7 @@ class IESTrainerCallback(TrainerCallback):
 
         def forward(m: torch.nn.Module, batch: Mapping[str, Any]) -> Tensor:
             with tr.compute_loss_context_manager():
-                return tr.per_sample_losses(m, _to_device(batch, args.device))[0]
+                return tr.per_sample_losses(m, to_device(batch, args.device))[0]
 
         stats = tr.ies.end_epoch(model if model is not None else tr.model, dataset, None, forward=forward,
                                  collate_fn=collate, batch_size=tr.score_batch_size or args.per_device_eval_batch_size,
