@@ -64,6 +64,8 @@ def test_train_config_file_and_flags(tmp_path):
     assert saved["epochs"] == 2  # the flag overrides the file
     assert saved["lr"] == 0.005 and saved["train_size"] == 200  # the file sets defaults
     assert saved["method_params"] == {"threshold": 0.01, "order": 1}
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["num_train"], summary["num_val"], summary["num_test"]) == (200, 0, 50)  # what was really used
 
 
 def test_jsonl_mode(tmp_path, capsys):

@@ -225,6 +225,9 @@ def run_training(
         if policy.stop_training:
             break
     summary = summarize(rows, policy, has_val)
+    # The sizes actually trained and tested on (``data`` may be given ready-made, whatever
+    # ``cfg.train_size`` says), so a saved run never misreports its data.
+    summary.update(num_train=n, num_val=0 if xva is None else int(xva.shape[0]), num_test=int(xte.shape[0]))
     per_sample = {}
     tracker = getattr(policy, "tracker", None)
     if tracker is not None:
