@@ -21,7 +21,7 @@ _CONFIG_FLAGS = {  # flag -> (RunConfig field, type, help)
     "--model": ("model", str, "model name (default: the dataset's; see `ies list`)"),
     "--epochs": ("epochs", int, "epochs to train"),
     "--batch-size": ("batch_size", int, "training batch size"),
-    "--optimizer": ("optimizer", str, "sgd-f, sgd-l, sgd-m, sgd-e, sgd, adam, adamw (the paper's settings)"),
+    "--optimizer": ("optimizer", str, "sgd-f, sgd-l, sgd-m, sgd-e, sgd, adam, adamw (the paper's settings), adam-cos (see `ies list`)"),
     "--lr": ("lr", float, "learning rate (default: the optimizer's)"),
     "--weight-decay": ("weight_decay", float, "weight decay"),
     "--device": ("device", str, "cpu or cuda"),
