@@ -29,7 +29,7 @@ def test_probes_match_direct_computation():
             norms.append(float(torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))))
 
     sp = SharpnessProbe(every=3, subset_size=32, iters=3)
-    cfg = RunConfig(method="none", epochs=8, train_size=200)
+    cfg = RunConfig(method="none", epochs=8, train_size=200, batch_size=64)
     res = run_training(cfg, data, callbacks=[probe, gn, Direct(), sp])
     rows = res.epochs
     assert len(probe.losses) == 8 and probe.losses[0].shape == (200,)

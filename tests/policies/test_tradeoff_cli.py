@@ -41,6 +41,14 @@ def test_tradeoff_method_subset_and_bad_method(tmp_path, capsys) -> None:
     assert "fraction" in capsys.readouterr().err
 
 
+def test_tradeoff_without_none_names_its_speedup_baseline(tmp_path) -> None:
+    out = tmp_path / "r"
+    assert cli.main(["tradeoff", *TINY, "--epochs", "2", "--methods", "random", "--fractions", "0.2,0.4",
+                     "--out", str(out)]) == 0
+    text = (out / "summary.md").read_text()
+    assert "Wall speedup is against `random(fraction=0.2)` (no `none` run was in this sweep)" in text
+
+
 def test_budget_end_to_end(tmp_path) -> None:
     out = tmp_path / "budget"
     rc = cli.main(["budget", *TINY, "--epochs", "8", "--speedups", "2,3", "--calib-runs", "2",

@@ -91,7 +91,7 @@ def _add_specific(p: argparse.ArgumentParser, which: Sequence[str]) -> None:
     if "cv" in which:
         g.add_argument("--optimizers", default="sgd,adam", help="cv: optimizers to compare (default sgd,adam)")
         g.add_argument("--sgd-lr", type=float, default=0.1,
-                       help="cv: learning rate of SGD when --lr is not given (default 0.1, the paper's; Adam uses the dataset's)")
+                       help="cv: learning rate of SGD (default 0.1, the paper's); --lr sets the other optimizers'")
     if "sharpness" in which:
         g.add_argument("--every", type=_positive_int, default=5, help="sharpness: measure every K epochs (default 5)")
         g.add_argument("--subset", type=_positive_int, default=512,

@@ -226,7 +226,8 @@ def write_tradeoff(run_dirs: Sequence[Path], out: Path, *, command: Optional[str
     labels = {}
     for r in runs:
         labels.setdefault(r["label"], r["config"])
-    rows = aggregate(runs, baseline="none" if "none" in labels else None)
+    baseline = "none" if "none" in labels else next(iter(labels))  # aggregate's own fallback, named here
+    rows = aggregate(runs, baseline=baseline)
     points = []
     for row in rows:
         cfg = labels[row["label"]]
@@ -254,7 +255,8 @@ def write_tradeoff(run_dirs: Sequence[Path], out: Path, *, command: Optional[str
               f"![trade-off]({plot.name})", "", _trade_table(points), "",
               "Final-epoch test accuracy, mean ± std over seeds. Backprop saved = 1 - samples backpropagated / "
               "(N x epochs); compute saved also counts forward-only passes at 1/3 of a forward+backward. "
-              "Wall speedup is against `none`. " + TIMING_NOTE, ""]
+              f"Wall speedup is against `{baseline}`"
+              + ("" if baseline == "none" else " (no `none` run was in this sweep)") + ". " + TIMING_NOTE, ""]
     notes = {p["method"]: p["saving_note"] for p in points if p["saving_note"]}
     lines += ["How each method's saving is counted:", ""] + [f"- `{k}`: {v}" for k, v in notes.items()] + [""]
     (out / "summary.md").write_text("\n".join(lines))

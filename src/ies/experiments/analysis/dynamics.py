@@ -104,16 +104,17 @@ def mastery_over_time(st: Study, *, orders: Sequence[int] = (0, 1, 2, 3), thresh
 
 
 def optimizer_lr(dataset: str, optimizer: str, lr: Optional[float], sgd_lr: float) -> Optional[float]:
-    """The learning rate an optimizer gets here: ``lr`` if given, else the dataset default for its
-    default optimizer, ``sgd_lr`` for SGD, or the optimizer's paper default."""
+    """The learning rate an optimizer gets here: ``sgd_lr`` for the SGD variants with a schedule
+    (their rates differ from Adam's by ~100x, so one ``lr`` cannot serve both); otherwise ``lr``
+    if given, else the dataset default when it is the dataset's optimizer, else the paper default."""
+    if optimizer.startswith("sgd") and optimizer != "sgd-f":
+        return sgd_lr
     if lr is not None:
         return lr
     d = DEFAULTS_BY_DATASET.get(dataset, {})
     if optimizer == d.get("optimizer"):
         return d.get("lr")
-    if optimizer.startswith("sgd") and optimizer != "sgd-f":
-        return sgd_lr
-    return {"adam": 1e-3, "adamw": 1e-3, "sgd-f": 1e-3}.get(optimizer, sgd_lr)
+    return {"adam": 1e-3, "adam-cos": 1e-3, "adamw": 1e-3, "sgd-f": 1e-3}.get(optimizer, sgd_lr)
 
 
 def cv_of_differences(st: Study, *, optimizers: Sequence[str] = ("sgd", "adam"), orders: Sequence[int] = (0, 1, 2, 3),
