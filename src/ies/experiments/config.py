@@ -33,9 +33,9 @@ DEFAULTS_BY_DATASET: Dict[str, Dict[str, Any]] = {
     "fashion-mnist": {"model": "small-cnn", "batch_size": 128, "epochs": 20, "optimizer": "adam-cos", "lr": 2e-3,
                       "score_batch_size": 128, "eval_batch_size": 256},
     "cifar10": {"model": "resnet18", "batch_size": 64, "epochs": 200, "optimizer": "sgd", "lr": 0.1, "augment": True,
-                "score_batch_size": 256, "eval_batch_size": 256},
+                "score_batch_size": 128, "eval_batch_size": 256},
     "cifar100": {"model": "resnet18", "batch_size": 64, "epochs": 200, "optimizer": "sgd", "lr": 0.1, "augment": True,
-                 "score_batch_size": 256, "eval_batch_size": 256},
+                 "score_batch_size": 128, "eval_batch_size": 256},
 }
 
 
