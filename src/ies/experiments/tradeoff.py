@@ -58,28 +58,24 @@ _ORDER_COLORS = {0: "tab:purple", 1: "tab:green", 2: "tab:blue", 3: "tab:red"}
 
 
 # ----------------------------------------------------------------------------- parsing helpers
-def _floats(text: str, what: str) -> List[float]:
+def _numbers(text: str, what: str, kind: type, noun: str) -> list:
     from ..cli import CLIError
 
     try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
+        vals = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise CLIError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        raise CLIError(f"{what} must be comma-separated {noun}, got {text!r}") from None
     if not vals:
         raise CLIError(f"{what} is empty")
     return vals
+
+
+def _floats(text: str, what: str) -> List[float]:
+    return _numbers(text, what, float, "numbers")
 
 
 def _ints(text: str, what: str) -> List[int]:
-    from ..cli import CLIError
-
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise CLIError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not vals:
-        raise CLIError(f"{what} is empty")
-    return vals
+    return _numbers(text, what, int, "integers")
 
 
 def _names(text: str, allowed: Sequence[str], what: str) -> List[str]:
