@@ -124,11 +124,8 @@ def masked_score(cols: Sequence[Tensor], count: Tensor, *, order: int, window: i
 
 
 def mastered_columns(cols: Sequence[Tensor], count: Tensor, *, threshold: float, order: int, window: int, m: int) -> Tensor:
-    """:func:`mastered_mask` on ``H`` columns ``(N,)``, oldest first (NaN/inf scores compare False)."""
-    if not threshold > 0:  # nothing scores below 0
-        return torch.zeros(count.shape, dtype=torch.bool, device=count.device)
-    score = score_columns(cols, order=order, window=window, m=m)
-    return (score < threshold) & (count >= len(cols)) & torch.isfinite(cols[0])
+    """:func:`mastered_mask` on ``H`` columns ``(N,)``, oldest first."""
+    return masked_score(cols, count, order=order, window=window, m=m) < threshold
 
 
 def mastered_mask(
