@@ -99,11 +99,12 @@ class EfficientTrain(SelectionPolicy):
 
     def check_model(self, model: torch.nn.Module, example: Tensor) -> None:
         """Refuse a model that only takes full-size inputs, with the fix, before any training."""
-        if example.dim() != 4 or self.keep_size:
-            self.transform_inputs(example[:1])  # the image-data check, with its message
+        if example.dim() != 4:
+            self.transform_inputs(example)  # raises the image-data error, with its message
+        if self.keep_size:
             return
         h, w = self.input_size(int(example.shape[-2]), int(example.shape[-1]), epoch=0)
-        small = torch.zeros(*example.shape[:2], h, w, dtype=example.dtype, device=example.device)[:2]
+        small = torch.zeros(*example.shape[:2], h, w, dtype=example.dtype, device=example.device)
         was_training = model.training
         model.eval()
         try:
