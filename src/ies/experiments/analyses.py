@@ -194,13 +194,10 @@ def _headline(name: str, s: Dict[str, Any]) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    import torch
-
     from ..cli import CLIError, make_progress, parse_method_spec, resolve_config
     from .analysis.common import Study, write_json
     from .data import load_dataset
 
-    torch.set_num_threads(int(args.threads))
     name, ies_params = parse_method_spec(args.ies)
     if name != "ies":
         raise CLIError(f"--ies must be an ies spec like ies:threshold=0.001, got {args.ies!r}")
