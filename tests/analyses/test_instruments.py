@@ -18,7 +18,6 @@ def test_coefficient_of_variation():
 
 
 def test_probes_match_direct_computation():
-    torch.set_num_threads(1)
     data = load_dataset("mnist1d", train_size=200)
     probe = LossProbe((0, 2), threshold=0.05, keep_losses=True)
     gn = GradNormProbe()
