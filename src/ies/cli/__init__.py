@@ -79,7 +79,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     p = argparse.ArgumentParser(
         prog="ies", description="Instance-dependent Early Stopping: train, compare methods and write reports.")
@@ -120,7 +120,7 @@ def _add_extension_commands(sub: Any) -> None:
 
 def resolve_config(args: argparse.Namespace, **overrides: Any):
     """A RunConfig from --config, then flags, then ``overrides``."""
-    from .experiments.config import RunConfig
+    from ..experiments.config import RunConfig
 
     base: Dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -170,8 +170,8 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .experiments.engine import run_training
-    from .experiments.report import save_run
+    from ..experiments.engine import run_training
+    from ..experiments.report import save_run
 
     method, params = parse_method_spec(args.method) if args.method else (None, {})
     cfg = resolve_config(args, method=method, seed=args.seed)
@@ -189,16 +189,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def run_comparison(args: argparse.Namespace, specs: Sequence[Tuple[str, Dict[str, Any]]], seeds: Sequence[int],
                    out: Path, title: str, base_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train every (method, params) for every seed, alternating methods within a seed; write the report."""
-    from .experiments.data import load_dataset
-    from .experiments.engine import run_training
-    from .experiments.report import format_table, run_label, save_run, write_comparison
+    from ..experiments.data import load_dataset
+    from ..experiments.engine import run_training
+    from ..experiments.report import format_table, run_label, save_run, write_comparison
 
     overrides = base_overrides or {}
     configs = []
     for name, params in specs:
         cfg = resolve_config(args, method=name, **overrides)
         cfg.method_params = {**cfg.method_params, **params}
-        from .policies import build_policy  # validate parameters before any training starts
+        from ..policies import build_policy  # validate parameters before any training starts
 
         build_policy(cfg.method, 10, total_epochs=cfg.epochs, **cfg.method_params)
         configs.append(cfg)
@@ -236,7 +236,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import find_runs, format_table, write_comparison
+    from ..experiments.report import find_runs, format_table, write_comparison
 
     dirs = find_runs(args.run_dirs)
     out = Path(args.out) if args.out else Path(args.run_dirs[0])
@@ -246,10 +246,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .experiments.config import OPTIMIZERS
-    from .experiments.data import DATASETS
-    from .experiments.models import MODELS
-    from .policies import policy_names, policy_params
+    from ..experiments.config import OPTIMIZERS
+    from ..experiments.data import DATASETS
+    from ..experiments.models import MODELS
+    from ..policies import policy_names, policy_params
 
     print("datasets:  " + ", ".join(DATASETS))
     print("models:    " + ", ".join(sorted(MODELS)))
