@@ -280,3 +280,276 @@ def test_resize_images() -> None:
     torch.testing.assert_close(resize_images(torch.ones(1, 1, 5, 5), 9), torch.ones(1, 1, 9, 9))
     with pytest.raises(ValueError, match="N, C, H, W"):
         resize_images(torch.rand(3, 28, 28), 32)
+
+
+# ----------------------------------------------------------------------------- unsafe / corrupt files
+#
+# Every corrupt or inconsistent file must give one ValueError naming the file and the fix,
+# before any training; a crafted pickle must be refused without running anything.
+
+CIFAR_FIX = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+class _CreatesFile:
+    """Unpickling this with plain pickle opens (and so creates) ``target``."""
+
+    def __init__(self, target: Path):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+class _RunsShell:
+    def __init__(self, target: Path):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize("payload,global_name", [(_CreatesFile, "io.open"), (_RunsShell, "system")])
+def test_crafted_cifar_pickle_is_refused_and_runs_nothing(tmp_path: Path, payload, global_name: str) -> None:
+    _fake_cifar10(tmp_path)
+    target = tmp_path / "pwned"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(batch, "rb") as f:
+        d = pickle.load(f)
+    d[b"labels"] = payload(target)
+    _dump(batch, d)
+    with pytest.raises(ValueError) as e:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    msg = str(e.value)
+    assert str(batch) in msg and global_name in msg and CIFAR_FIX in msg and "\n" not in msg
+    assert not target.exists()
+
+
+def test_crafted_pickle_control_would_create_the_file(tmp_path: Path) -> None:
+    # The payload above is live: plain pickle.load does create the file, so the test above
+    # is not passing merely because the payload is inert.
+    target = tmp_path / "created"
+    blob = pickle.dumps({b"labels": _CreatesFile(target)})
+    pickle.loads(blob)[b"labels"].close()
+    assert target.exists()
+
+
+def test_cifar_reads_only_the_files_the_format_names(tmp_path: Path) -> None:
+    _fake_cifar10(tmp_path)
+    target = tmp_path / "pwned"
+    for stray in ("data_batch_6", "evil.pkl", "readme.html"):
+        _dump(tmp_path / "cifar-10-batches-py" / stray, {b"x": _CreatesFile(target)})
+    d = load_dataset("cifar10", data_dir=str(tmp_path))
+    assert len(d) == 100 and not target.exists()
+
+
+# --- a Python-2 pickle as the CIFAR site ships it: numpy.core names, py2 str as BINSTRING
+
+def _py2(obj) -> bytes:
+    """Opcodes a Python 2 cPickle (protocol 2) writes for the CIFAR batch types."""
+    def s(b: bytes) -> bytes:  # py2 str
+        return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+
+    def i(v: int) -> bytes:
+        return b"J" + struct.pack("<i", v)
+
+    if isinstance(obj, bytes):
+        return s(obj)
+    if isinstance(obj, int):
+        return i(obj)
+    if isinstance(obj, list):
+        return b"](" + b"".join(_py2(v) for v in obj) + b"e"
+    if isinstance(obj, dict):
+        return b"}(" + b"".join(_py2(k) + _py2(v) for k, v in obj.items()) + b"u"
+    if isinstance(obj, np.ndarray):
+        assert obj.dtype == np.uint8
+        dtype = (b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R"
+                 + b"(" + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb")
+        shape = b"(" + b"".join(i(n) for n in obj.shape) + b"t"
+        return (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b")
+                + b"\x87R" + b"(" + i(1) + shape + dtype + b"\x89" + s(obj.tobytes()) + b"tb")
+    raise TypeError(type(obj))
+
+
+def test_cifar_reads_python2_pickles_as_shipped(tmp_path: Path) -> None:
+    raw, labels = _fake_cifar10(tmp_path, per_batch=10)
+    root = tmp_path / "cifar-10-batches-py"
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch", "batches.meta"]:
+        with open(root / name, "rb") as f:
+            d = pickle.load(f)
+        (root / name).write_bytes(b"\x80\x02" + _py2(d) + b".")
+    assert b"numpy.core.multiarray" in (root / "data_batch_1").read_bytes()
+    d = load_dataset("cifar10", data_dir=str(tmp_path))
+    assert torch.equal(d.y_train, torch.as_tensor(labels))
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+    img = torch.as_tensor(raw[13], dtype=torch.float32).view(3, 32, 32) / 255
+    torch.testing.assert_close(d.x_train[13], (img - mean) / std)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_reads_python3_pickles_of_any_protocol(tmp_path: Path, protocol: int) -> None:
+    raw, labels = _fake_cifar10(tmp_path, per_batch=10)
+    root = tmp_path / "cifar-10-batches-py"
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "rb") as f:
+            d = pickle.load(f)
+        (root / name).write_bytes(pickle.dumps(d, protocol=protocol))
+    d = load_dataset("cifar10", data_dir=str(tmp_path))
+    assert torch.equal(d.y_train, torch.as_tensor(labels))
+    img = torch.as_tensor(raw[0], dtype=torch.float32).view(3, 32, 32) / 255
+    torch.testing.assert_close(d.x_train[0, 0], (img[0] - 0.4914) / 0.2470)
+
+
+def test_codecs_encode_admitted_only_for_latin1(tmp_path: Path) -> None:
+    # Protocol-2 pickles from Python 3 spell bytes as _codecs.encode(str, "latin1"); any other
+    # codec through that door is refused.
+    from ies.experiments.data import load_pickle_restricted
+
+    p = tmp_path / "codec"
+    p.write_bytes(b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00base64\x86R.")
+    with pytest.raises(ValueError, match="not a readable pickle.*base64"):
+        load_pickle_restricted(p)
+    p.write_bytes(pickle.dumps({b"k": b"\xff\x00"}, protocol=2))
+    assert load_pickle_restricted(p) == {b"k": b"\xff\x00"}
+
+
+def _edit_batch(root: Path, name: str, fn) -> Path:
+    path = root / name
+    with open(path, "rb") as f:
+        d = pickle.load(f)
+    out = fn(d)
+    _dump(path, out if out is not None else d)
+    return path
+
+
+def _set(key, value):
+    def fn(d):
+        d[key] = value
+    return fn
+
+
+def _drop(key):
+    def fn(d):
+        del d[key]
+    return fn
+
+
+_RNG = np.random.default_rng(9)
+# case -> (dataset, file, edit (dict -> None/new obj) or raw bytes fn, message fragment)
+CIFAR_BAD = {
+    "truncated pickle": ("cifar10", "data_batch_2", ("bytes", lambda b: b[: len(b) // 2]), "not a readable pickle"),
+    "garbage bytes": ("cifar10", "test_batch", ("bytes", lambda b: b"\x00garbage" * 10), "not a readable pickle"),
+    "empty file": ("cifar10", "data_batch_1", ("bytes", lambda b: b""), "not a readable pickle"),
+    "not a dict": ("cifar10", "data_batch_1", ("dict", lambda d: [1, 2, 3]), "holds a list"),
+    "missing labels": ("cifar10", "data_batch_4", ("dict", _drop(b"labels")), "lacks key(s) b'labels'"),
+    "missing data": ("cifar10", "test_batch", ("dict", _drop(b"data")), "lacks key(s) b'data'"),
+    "label 200 in cifar10": ("cifar10", "data_batch_5", ("dict", _set(b"labels", [200] + [0] * 19)),
+                             "labels 200 at index 0"),
+    "negative label": ("cifar10", "test_batch", ("dict", _set(b"labels", [0] * 19 + [-1])), "labels -1 at index 19"),
+    "fine label 100 in cifar100": ("cifar100", "train", ("dict", _set(b"fine_labels", [100] * 40)),
+                                   "fine_labels 100 at index 0 (40 outside 0..99)"),
+    "float labels": ("cifar10", "data_batch_1", ("dict", _set(b"labels", [0.5] * 20)), "dtype float64, expected integers"),
+    "one label short": ("cifar10", "data_batch_2", ("dict", _set(b"labels", [0] * 19)), "has 20 images but 19 labels"),
+    "wrong image size": ("cifar10", "data_batch_3",
+                         ("dict", _set(b"data", _RNG.integers(0, 256, (20, 1024), dtype=np.uint8))),
+                         "shape (20, 1024), expected (N, 3072)"),
+    "int32 pixel 300": ("cifar10", "data_batch_1",
+                        ("dict", _set(b"data", np.full((20, 3072), 300, dtype=np.int32))),
+                        "pixel values in 300..300 (dtype int32), outside 0..255"),
+    "negative pixel": ("cifar100", "test", ("dict", _set(b"data", np.full((20, 3072), -1, dtype=np.int64))),
+                       "outside 0..255"),
+    "float pixels": ("cifar10", "test_batch", ("dict", _set(b"data", np.zeros((20, 3072), dtype=np.float32))),
+                     "pixels of dtype float32"),
+    "ragged pixel lists": ("cifar10", "test_batch", ("dict", _set(b"data", [[1, 2], [3]])), "not arrays"),
+    "no images": ("cifar10", "data_batch_1", ("dict", _set(b"data", np.zeros((0, 3072), dtype=np.uint8))),
+                  "holds no images"),
+    "meta of another dataset": ("cifar10", "batches.meta",
+                                ("dict", _set(b"label_names", [b"x"] * 100)), "lists 100 label_names but cifar10 has 10"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CIFAR_BAD))
+def test_cifar_corrupt_file_gives_one_clear_error(tmp_path: Path, case: str) -> None:
+    dataset, name, (how, fn), fragment = CIFAR_BAD[case]
+    if dataset == "cifar10":
+        _fake_cifar10(tmp_path)
+        root = tmp_path / "cifar-10-batches-py"
+    else:
+        _fake_cifar100(tmp_path, n_train=40, n_test=20)
+        root = tmp_path / "cifar-100-python"
+    if how == "bytes":
+        path = root / name
+        path.write_bytes(fn(path.read_bytes()))
+    else:
+        path = _edit_batch(root, name, fn)
+    with pytest.raises(ValueError) as e:
+        load_dataset(dataset, data_dir=str(tmp_path))
+    msg = str(e.value)
+    assert fragment in msg, msg
+    assert str(path) in msg and CIFAR_FIX in msg and "\n" not in msg
+
+
+def test_cifar_int_pixels_that_fit_uint8_are_accepted(tmp_path: Path) -> None:
+    raw, _ = _fake_cifar10(tmp_path)
+    root = tmp_path / "cifar-10-batches-py"
+    _edit_batch(root, "data_batch_1", lambda d: d.update({b"data": d[b"data"].astype(np.int32)}))
+    d = load_dataset("cifar10", data_dir=str(tmp_path))
+    img = torch.as_tensor(raw[5], dtype=torch.float32).view(3, 32, 32) / 255
+    torch.testing.assert_close(d.x_train[5, 2], (img[2] - 0.4465) / 0.2616)
+
+
+def _gz_bytes(arr: np.ndarray) -> bytes:
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    return gzip.compress(raw)
+
+
+# case -> (file stem, bytes of the .gz file, message fragment)
+FASHION_BAD = {
+    "not gzip": ("train-images-idx3-ubyte", lambda: b"this is not gzip data", "not a readable gzip file"),
+    "truncated gzip": ("t10k-labels-idx1-ubyte", lambda: _gz_bytes(np.zeros(10))[:-12], "not a readable gzip file"),
+    "header cut": ("train-images-idx3-ubyte", lambda: gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">I", 30)),
+                   "ends inside its IDX header (8 of 16 bytes)"),
+    "payload cut": ("train-images-idx3-ubyte",
+                    lambda: gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 30, 28, 28) + bytes(100)),
+                    "holds 100 bytes of data but its header says 23520"),
+    "extra bytes": ("t10k-labels-idx1-ubyte",
+                    lambda: gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + bytes(11)), "extra bytes"),
+    "bad magic": ("train-labels-idx1-ubyte", lambda: gzip.compress(b"\x00\x00\x0d\x01" + struct.pack(">I", 30) + bytes(120)),
+                  "bad IDX magic"),
+    "images and labels swapped": ("train-labels-idx1-ubyte", lambda: _gz_bytes(np.zeros((30, 28, 28))),
+                                  "has 3 dims but 1 were expected"),
+    "label 12": ("train-labels-idx1-ubyte", lambda: _gz_bytes(np.r_[np.zeros(29), 12]), "label 12 at index 29"),
+    "count mismatch": ("t10k-labels-idx1-ubyte", lambda: _gz_bytes(np.zeros(9)), "holds 10 images but"),
+    "wrong image size": ("train-images-idx3-ubyte", lambda: _gz_bytes(np.zeros((30, 32, 32))),
+                         "holds 32x32 images, Fashion-MNIST's are 28x28"),
+    "no images": ("t10k-images-idx3-ubyte", lambda: _gz_bytes(np.zeros((0, 28, 28))), "holds no images"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FASHION_BAD))
+def test_fashion_corrupt_file_gives_one_clear_error(tmp_path: Path, case: str) -> None:
+    stem, make, fragment = FASHION_BAD[case]
+    _fake_fashion(tmp_path)
+    path = tmp_path / (stem + ".gz")
+    path.write_bytes(make())
+    with pytest.raises(ValueError) as e:
+        load_dataset("fashion-mnist", data_dir=str(tmp_path))
+    msg = str(e.value)
+    assert fragment in msg, msg
+    assert str(path) in msg and "replace it" in msg and "\n" not in msg
+
+
+def test_fashion_count_mismatch_names_both_files(tmp_path: Path) -> None:
+    _fake_fashion(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(_gz_bytes(np.zeros(9)))
+    with pytest.raises(ValueError) as e:
+        load_dataset("fashion-mnist", data_dir=str(tmp_path))
+    assert str(tmp_path / "t10k-images-idx3-ubyte.gz") in str(e.value)
+    assert str(tmp_path / "t10k-labels-idx1-ubyte.gz") in str(e.value)
+
+
+def test_dataset_inputs_cover_datasets() -> None:
+    from ies.experiments.data import DATASET_INPUTS
+
+    assert set(DATASET_INPUTS) == set(DATASETS) and set(DATASET_INPUTS.values()) <= {"1d", "image"}
