@@ -75,3 +75,12 @@ def test_errors() -> None:
         build_model("mlp", num_classes=0)
     with pytest.raises(ValueError, match="mlp-1d"):
         build_model("mlp", num_classes=10)(torch.randn(2, 40))
+
+
+def test_model_inputs_cover_registry_and_match_the_shapes() -> None:
+    from ies.experiments.models import MODEL_INPUTS
+
+    assert set(MODEL_INPUTS) == set(MODELS), "add every model to MODEL_INPUTS ('1d' or 'image')"
+    for name, kind in MODEL_INPUTS.items():
+        # The shape each model is tested on above: (N, L) for "1d", (N, C, H, W) for "image".
+        assert kind == ("1d" if len(CASES[name][1]) == 2 else "image"), name

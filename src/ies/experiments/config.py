@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["RunConfig", "OPTIMIZERS", "DEFAULTS_BY_DATASET"]
+__all__ = ["RunConfig", "OPTIMIZERS", "DEFAULTS_BY_DATASET", "check_device"]
 
 # The paper's optimizer settings (Section 5 / Appendix A), by name. Milestones and the
 # linear schedule's length are given for the paper's 150/200-epoch runs and are scaled
@@ -69,6 +71,7 @@ class RunConfig:
         """Fill dataset defaults and validate; returns a new config with no ``None`` left that matters."""
         from .data import DATASETS
 
+        self.check_types()  # before the defaults below index dicts with these values
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
         d = asdict(self)
@@ -88,46 +91,167 @@ class RunConfig:
         cfg.validate()
         return cfg
 
-    def validate(self) -> None:
-        from ..policies import policy_names
-        from .models import MODELS
+    def check_types(self) -> None:
+        """Refuse a field of the wrong type or out of range, naming it and the fix.
 
+        Strict on purpose: a config file's ``"augment": "no"`` is not False (a non-empty string is
+        truthy), ``true`` is not the number 1, ``"0.1"`` is not a number, and ``10.0`` epochs is not
+        an integer. ``None`` is accepted where the field means "the dataset's default".
+        """
+        for name, (kind, optional) in _FIELD_KINDS.items():
+            v = getattr(self, name)
+            if v is None:
+                if optional:
+                    continue
+                raise ValueError(f"{name} must not be null; {_FIX[kind]}")
+            if not _is_kind(v, kind):
+                raise ValueError(f"{name} must be {_KIND_WORDS[kind]}, got {v!r} ({type(v).__name__}); {_FIX[kind]}")
+            if kind == "number" and not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}; pass a real value such as 0.1")
+        for name in ("epochs", "batch_size", "score_batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}; pass e.g. 10")
+        for name in ("seed", "data_seed"):
+            v = getattr(self, name)
+            if not 0 <= v < 2**32:
+                raise ValueError(f"{name} must be an integer in [0, 2**32), got {v!r}; pass e.g. 0")
+        if self.train_size is not None and self.train_size < 10:
+            raise ValueError(f"train_size must be an integer >= 10, got {self.train_size!r}; omit it for the dataset's size")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}; pass e.g. 0.001, or omit it for the optimizer's default")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}; pass e.g. 5e-4, or 0 for none")
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction!r}; pass e.g. 0.1, or 0 for none")
+        if self.data_dir is not None and not self.data_dir.strip():
+            raise ValueError("data_dir is empty; pass the folder holding the dataset files, or omit it for the default")
+        bad_keys = [k for k in self.method_params if not isinstance(k, str)]
+        if bad_keys:
+            raise ValueError(f"method_params keys must be parameter names (str), got {bad_keys!r}; e.g. {{\"threshold\": 0.01}}")
+
+    def validate(self) -> None:
+        """:meth:`check_types`, then names that must be registered and fit together, and the device."""
+        from ..policies import policy_names
+        from .data import DATASET_INPUTS, DATASETS
+        from .models import MODEL_INPUTS, MODELS
+
+        self.check_types()
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
         if self.model is not None and self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}")
         if self.method not in policy_names():
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(policy_names())}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        for name in ("epochs", "batch_size", "score_batch_size", "eval_batch_size"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 10):
-            raise ValueError(f"train_size must be an integer >= 10, got {self.train_size!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.weight_decay is not None and not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not 0.0 <= self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction!r}")
-        if not isinstance(self.method_params, dict):
-            raise ValueError("method_params must be a dict of the method's parameters")
+        # A model outside MODEL_INPUTS (registered at run time, e.g. by a test) is not checked.
+        takes, gives = MODEL_INPUTS.get(self.model or ""), DATASET_INPUTS.get(self.dataset)
+        if takes is not None and gives is not None and takes != gives:
+            fits = sorted(m for m, k in MODEL_INPUTS.items() if k == gives)
+            raise ValueError(
+                f"model {self.model!r} takes {_INPUT_WORDS[takes]} but dataset {self.dataset!r} gives "
+                f"{_INPUT_WORDS[gives]}; use --model {' / '.join(fits)}, or omit --model for the dataset's "
+                f"default ({DEFAULTS_BY_DATASET[self.dataset]['model']})"
+            )
+        check_device(self.device)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
+        """A config from a dict of field values; unknown keys and wrong types are refused."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a run config must be a JSON object of fields, got {type(d).__name__}; "
+                             'write e.g. {"dataset": "mnist1d", "epochs": 10}')
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.check_types()
+        return cfg
 
     @classmethod
     def from_file(cls, path: str) -> "RunConfig":
+        """A config from a JSON file; any error names the file."""
         with open(path) as f:
             try:
-                return cls.from_dict(json.load(f))
+                d = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"config file {path}: {e}") from None
+
+
+# field -> (kind, may be None). Kinds: "str", "int" (not bool), "number" (int or float, not bool,
+# finite), "bool" (only true/false), "dict".
+_FIELD_KINDS: Dict[str, Tuple[str, bool]] = {
+    "dataset": ("str", False),
+    "data_dir": ("str", True),
+    "train_size": ("int", True),
+    "val_fraction": ("number", False),
+    "model": ("str", True),
+    "method": ("str", False),
+    "method_params": ("dict", False),
+    "epochs": ("int", True),
+    "batch_size": ("int", True),
+    "optimizer": ("str", True),
+    "lr": ("number", True),
+    "weight_decay": ("number", True),
+    "augment": ("bool", True),
+    "seed": ("int", False),
+    "device": ("str", False),
+    "score_batch_size": ("int", True),
+    "eval_batch_size": ("int", True),
+    "data_seed": ("int", False),
+}
+_KIND_WORDS = {"str": "a string", "int": "an integer", "number": "a number", "bool": "true or false", "dict": "an object"}
+_FIX = {
+    "str": 'write it in quotes, e.g. "mnist1d"',
+    "int": "write a whole number without quotes or decimal point, e.g. 10",
+    "number": "write a number without quotes, e.g. 0.1",
+    "bool": "write true or false without quotes (a string such as \"no\" is not false)",
+    "dict": 'write an object of parameters, e.g. {"threshold": 0.01}',
+}
+_INPUT_WORDS = {"1d": "(N, L) 1-D signals", "image": "(N, C, H, W) images"}
+
+
+def _is_kind(v: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "dict":
+        return isinstance(v, dict)
+    if isinstance(v, bool):  # bool is an int subclass: True must not pass as 1
+        return False
+    if kind == "int":
+        return isinstance(v, numbers.Integral)
+    return isinstance(v, numbers.Real)  # "number"
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot parse or this machine does not have, with the fix."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here; "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return
+    backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(f"device {device!r} is not available here; use --device cpu")

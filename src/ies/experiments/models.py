@@ -5,7 +5,8 @@
 * ``resnet18/34/50/101``, ``vgg16``, ``densenet121``: CIFAR variants (3x3 stem, no
   max-pool in the stem), in the style of kuangliu/pytorch-cifar.
 
-Use :func:`build_model`; :data:`MODELS` maps each name to its builder.
+Use :func:`build_model`; :data:`MODELS` maps each name to its builder and
+:data:`MODEL_INPUTS` to the kind of input it takes (``"1d"`` or ``"image"``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "MODELS",
+    "MODEL_INPUTS",
     "build_model",
     "MNIST1DCNN",
     "MLP",
@@ -346,6 +348,22 @@ MODELS: Dict[str, Builder] = {
     "resnet101": _resnet(Bottleneck, [3, 4, 23, 3]),
     "vgg16": _vgg16,
     "densenet121": _densenet121,
+}
+
+# The kind of input each model takes: "1d" = (N, L) signals, "image" = (N, C, H, W) images.
+# RunConfig.validate compares it with the dataset's kind (data.DATASET_INPUTS), so a 1-D dataset
+# with an image model is refused before training instead of failing inside the first forward.
+MODEL_INPUTS: Dict[str, str] = {
+    "mnist1d-cnn": "1d",
+    "mlp-1d": "1d",
+    "mlp": "image",
+    "small-cnn": "image",
+    "resnet18": "image",
+    "resnet34": "image",
+    "resnet50": "image",
+    "resnet101": "image",
+    "vgg16": "image",
+    "densenet121": "image",
 }
 
 
