@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 import torch
 
-from ies import IES, history_length, kth_difference, mastered_mask, mastery_score, moving_average_abs
+from ies import IES
+from ies.criterion import criterion_values, history_length, kth_difference, mastered_mask, moving_average_abs
 
 GRID = 2.0 ** -14
 THRESHOLDS = (0.0, 1e-3, 1e-2, 0.07)  # 0: no removal; others are not multiples of GRID / w for w in 1,2,3,5
@@ -162,7 +163,7 @@ def make_traces(n: int, epochs: int, seed: int, *, clean: int) -> List[List[Opti
 # --------------------------------------------------------------------------- driver
 def run_epoch(tracker: IES, values: Dict[int, float], rng: random.Random, score: bool = True) -> None:
     """Record as a training loop would: active samples through ``record`` in shuffled
-    batches, excluded ones through ``record_scores`` (the scoring pass)."""
+    batches, excluded ones through ``record_probe`` (the scoring pass)."""
     excluded = tracker.excluded.tolist()
     trained = [i for i in values if not excluded[i]]
     scored = [i for i in values if excluded[i]]
@@ -173,7 +174,7 @@ def run_epoch(tracker: IES, values: Dict[int, float], rng: random.Random, score:
     if score and scored:
         for s in range(0, len(scored), 50):
             b = scored[s : s + 50]
-            tracker.record_scores(torch.tensor(b), torch.tensor([values[i] for i in b], dtype=torch.float32))
+            tracker.record_probe(torch.tensor(b), torch.tensor([values[i] for i in b], dtype=torch.float32))
 
 
 N, EPOCHS, CLEAN = 200, 25, 40
@@ -213,7 +214,7 @@ def test_tracker_matches_reference(order: int, w: int, m: int, seed: int) -> Non
             excluded_epochs[d] += stats.excluded
             clean_reincluded[d] += sum(1 for i in range(CLEAN) if was[i] and not ref.excluded[i])
         # the criterion itself, compared with a float tolerance
-        s_got = trackers[THRESHOLDS[0]].scores().tolist()
+        s_got = trackers[THRESHOLDS[0]].criterion().tolist()
         for i in range(N):
             if math.isinf(scores[i]):
                 assert math.isinf(s_got[i]), (e, i)
@@ -226,35 +227,85 @@ def test_tracker_matches_reference(order: int, w: int, m: int, seed: int) -> Non
         assert clean_reincluded[d] >= CLEAN // 2, f"threshold {d}: designed rising traces were not re-included"
 
 
-@pytest.mark.parametrize("score_every", [2, 3])
+def run_probed_epoch(tr: IES, values: Dict[int, float], rng: random.Random) -> List[int]:
+    """Train the active samples that have a value; probe exactly what the tracker asks for."""
+    excluded = tr.excluded.tolist()
+    run_epoch(tr, {i: v for i, v in values.items() if not excluded[i]}, rng, score=False)
+    asked = tr.indices_to_probe().tolist()
+    got = [i for i in asked if i in values]
+    if got:
+        tr.record_probe(torch.tensor(got), torch.tensor([values[i] for i in got], dtype=torch.float32))
+    return asked
+
+
+@pytest.mark.parametrize("probe_every", [2, 3])
 @pytest.mark.parametrize("order,w,m", [(2, 3, 1), (1, 2, 2), (0, 1, 1), (3, 5, 3)])
-def test_protocol_with_score_every_matches_reference(order: int, w: int, m: int, score_every: int) -> None:
-    """With scoring every r epochs, excluded samples get no loss between scorings (their
-    history is unchanged, so they stay excluded); the feedback loop matches the reference."""
-    traces = make_traces(N, EPOCHS, seed=99 + order + score_every, clean=CLEAN)
+def test_staggered_probing_matches_reference(order: int, w: int, m: int, probe_every: int) -> None:
+    """Each excluded sample is probed when (index + epoch) % r == 0; unprobed epochs add nothing to its
+    history (so it stays excluded); the feedback loop matches the reference fed the same measurements."""
+    traces = make_traces(N, EPOCHS, seed=99 + order + probe_every, clean=CLEAN)
     d = 1e-2
-    tr = IES(N, threshold=d, order=order, window=w, m=m, score_every=score_every)
+    tr = IES(N, threshold=d, order=order, window=w, m=m, probe_every=probe_every)
     ref = Reference(N, order, w, m, d)
     rng = random.Random(3)
     total_re = 0
     for e in range(EPOCHS):
-        scoring = (e + 1) % score_every == 0
-        assert tr.should_score() == scoring
-        values = {
-            i: trace[e]
-            for i, trace in enumerate(traces)
-            if trace[e] is not None and (not ref.excluded[i] or scoring)
-        }
+        values = {i: t[e] for i, t in enumerate(traces) if t[e] is not None}
         was = list(ref.excluded)
-        run_epoch(tr, values, rng, score=scoring)
+        asked = run_probed_epoch(tr, values, rng)
+        due = [i for i in range(N) if was[i] and (i + e) % probe_every == 0]
+        missed = [i for i in range(N) if not was[i] and i not in values]  # active, no training loss
+        assert asked == sorted(due + missed), e
+        measured = {i: v for i, v in values.items() if not was[i] or (i + e) % probe_every == 0}
         stats = tr.step()
-        ref.step(values)
+        ref.step(measured)
         assert tr.excluded.tolist() == ref.excluded, e
-        if not scoring:  # between scorings nobody excluded comes back
-            assert all(ref.excluded[i] for i in range(N) if was[i])
-            assert stats.reincluded == 0
+        for i in range(N):  # an excluded sample not due this epoch cannot come back
+            if was[i] and (i + e) % probe_every:
+                assert ref.excluded[i]
         total_re += stats.reincluded
     assert total_re > 0
+
+
+def test_staggered_probing_probes_each_excluded_sample_once_per_r_epochs() -> None:
+    n, r = 30, 5
+    tr = IES(n, threshold=1.0, probe_every=r)
+    probes = {i: [] for i in range(n)}
+    for e in range(20):
+        act = tr.active_mask.nonzero().flatten()
+        tr.record(act, torch.zeros(act.numel()))
+        idx = tr.indices_to_probe()
+        for i in idx.tolist():
+            probes[i].append(e)
+        tr.record_probe(idx, torch.zeros(idx.numel()))
+        tr.step()
+    # everyone is excluded from epoch 6 on (constant losses): probed exactly every r epochs, spread evenly
+    for i, es in probes.items():
+        late = [e for e in es if e >= 6]
+        assert all(b - a == r for a, b in zip(late, late[1:])), (i, late)
+        assert len(late) in (2, 3)
+    per_epoch = [sum(e in es for es in probes.values()) for e in range(6, 20)]
+    assert per_epoch == [n // r] * len(per_epoch)  # flat cost, no spike
+
+
+def test_backoff_doubles_and_resets() -> None:
+    """A sample that stays excluded is probed after 1, 2, 4, 8, 8 epochs; re-included, it starts over."""
+    n = 1
+    tr = IES(n, threshold=0.5, probe_backoff=True, probe_max_interval=8)
+    probed_at = []
+    for e in range(40):
+        loss = 5.0 if 24 <= e < 27 else 1.0  # a bump in epochs 24-26 re-includes it
+        if not bool(tr.excluded[0]):
+            tr.record(torch.tensor([0]), torch.tensor([loss]))
+        elif tr.indices_to_probe().numel():
+            probed_at.append(e)
+            tr.record_probe(torch.tensor([0]), torch.tensor([loss]))
+        tr.step()
+    first = 6  # judged after 6 losses (epochs 0-5): excluded from epoch 6
+    want = [first, first + 2, first + 6, first + 14]  # intervals 1 (first), 2, 4, 8
+    assert probed_at[:4] == want
+    assert probed_at[4] == want[3] + 8  # capped at 8: epoch 28, after the bump (24-26)
+    assert tr.times_reincluded[0] == 0  # the bump fell between probes: back-off missed it (what the benchmark counts)
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -299,24 +350,24 @@ def test_moving_average_abs_table() -> None:
         ([0.0, 100.0, 100.0, 100.0, 100.0], 1, 3, 1, 0.0),
     ],
 )
-def test_mastery_score_table(history, order, w, m, want) -> None:
+def test_criterion_values_table(history, order, w, m, want) -> None:
     h = torch.tensor([history], dtype=torch.float64)
-    got = mastery_score(h, torch.tensor([len(history)]), order=order, window=w, m=m)
+    got = criterion_values(h, torch.tensor([len(history)]), order=order, window=w, m=m)
     assert got.shape == (1,)
     assert got.item() == pytest.approx(want, rel=1e-12, abs=1e-12)
     assert ref_score(history, order, w, m) == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
-def test_mastery_score_docstring_example() -> None:
+def test_criterion_values_docstring_example() -> None:
     h = torch.tensor([[1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125]])
-    assert mastery_score(h, torch.tensor([6]), order=2, window=3, m=1).item() == pytest.approx(0.21875 / 3, rel=1e-6)
+    assert criterion_values(h, torch.tensor([6]), order=2, window=3, m=1).item() == pytest.approx(0.21875 / 3, rel=1e-6)
 
 
 def test_score_is_inf_without_full_history_or_with_nonfinite() -> None:
     h = torch.zeros(4, 6)
     h[2, 0] = float("nan")  # the oldest loss is outside every summed average but still blocks
     h[3, 5] = float("inf")
-    s = mastery_score(h, torch.tensor([6, 5, 9, 9]), order=2, window=3, m=1)
+    s = criterion_values(h, torch.tensor([6, 5, 9, 9]), order=2, window=3, m=1)
     assert s[0].item() == 0.0
     assert math.isinf(s[1]) and math.isinf(s[2]) and math.isinf(s[3])
     assert mastered_mask(h, torch.tensor([6, 5, 9, 9]), threshold=1e-3, order=2, window=3, m=1).tolist() == [
@@ -329,7 +380,7 @@ def test_history_length_and_shape_check() -> None:
     assert history_length(0, 1, 1) == 2
     assert history_length(3, 5, 3) == 11
     with pytest.raises(ValueError, match="need 6"):
-        mastery_score(torch.zeros(1, 5), torch.tensor([5]), order=2, window=3, m=1)
+        criterion_values(torch.zeros(1, 5), torch.tensor([5]), order=2, window=3, m=1)
 
 
 @pytest.mark.parametrize("order", [0, 1, 2, 3])

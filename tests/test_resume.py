@@ -117,8 +117,8 @@ def test_resume_matches_uninterrupted(tmp_path, reference, stop) -> None:
     assert log == want_log
     for p, q in zip(model2.parameters(), want_model.parameters()):
         assert torch.equal(p, q)
-    assert [s.as_dict() for s in tr2.history_log] == [s.as_dict() for s in want_tr.history_log]
-    assert tr2.totals == want_tr.totals
+    assert [s.counts() for s in tr2.history_log] == [s.counts() for s in want_tr.history_log]
+    assert tr2.books.total == want_tr.books.total
     for k in ("history", "count", "excluded", "times_excluded", "times_reincluded", "first_mastered"):
         assert torch.allclose(getattr(tr2, k).float(), getattr(want_tr, k).float(), equal_nan=True, rtol=0, atol=0), k
 
@@ -135,7 +135,7 @@ def test_state_dict_round_trip_mid_epoch(tmp_path) -> None:
     a.excluded[:5] = False  # not reachable by the rule, but state is state
     a.num_active = n - int(a.excluded.sum())
     a.record(torch.tensor([3, 1]), torch.tensor([0.5, 0.25]), backpropagated=1)
-    a.record_scores(torch.tensor([10, 12, 19]), torch.tensor([2.0, float("nan"), 3.0]))
+    a.record_probe(torch.tensor([10, 12, 19]), torch.tensor([2.0, float("nan"), 3.0]))
     path = tmp_path / "ies.pt"
     torch.save(a.state_dict(), path)
 
@@ -146,22 +146,22 @@ def test_state_dict_round_trip_mid_epoch(tmp_path) -> None:
     assert b.pending_mask.nonzero().flatten().tolist() == [1, 3, 10, 12, 19]
     assert torch.allclose(b.pending, a.pending, equal_nan=True)
     assert b.num_active == a.num_active == 5
-    assert (b._trained, b._backprop, b._scored) == (2, 1, 3)
+    assert b.books.epoch == a.books.epoch == {"trained": 2, "backprop": 1, "forward_only": 1, "probed": 3}
     for t in (a, b):  # both finish the epoch the same way
         t.record(torch.tensor([0, 2, 4]), torch.tensor([1.0, 1.0, 1.0]))
     sa, sb = a.step(), b.step()
-    assert sa == sb
-    assert sa.trained_forward == 5 and sa.backpropagated == 4 and sa.scored_forward == 3 and sa.nonfinite == 1
+    assert sa.counts() == sb.counts()
+    assert sa.trained == 5 and sa.backpropagated == 4 and sa.probed == 3 and sa.nonfinite == 1
     assert torch.equal(a.excluded, b.excluded)
     assert torch.allclose(a.history, b.history, equal_nan=True)
-    assert [s.as_dict() for s in a.history_log] == [s.as_dict() for s in b.history_log]
+    assert [s.counts() for s in a.history_log] == [s.counts() for s in b.history_log]
 
 
 def test_state_dict_is_a_copy() -> None:
     a = IES(4)
     sd = a.state_dict()
     a.record(torch.arange(4), torch.ones(4))
-    assert not sd["pending_mask"].any()
+    assert not sd["train_records"].any()
     a.load_state_dict(sd)
     assert not a.pending_mask.any()
     sd["excluded"][0] = True

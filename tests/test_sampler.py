@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ies import IES, ActiveSampler, IndexedDataset, active_order
+from ies import IES, ActiveSampler, IndexedDataset
+from ies.sampler import active_order
 
 
 def fast_tracker(n: int) -> IES:
@@ -195,9 +196,9 @@ def test_persistent_workers_reread_the_active_set() -> None:
         seen.append(set(got))
         # training losses for the active, scoring losses for the excluded
         tr.record(torch.tensor(got), torch.tensor([0.0 if i in masters else 1.0 for i in got]))
-        sc = tr.indices_to_score().tolist()
+        sc = tr.indices_to_probe().tolist()
         if sc:
-            tr.record_scores(torch.tensor(sc), torch.tensor([0.0 if i in masters else 1.0 for i in sc]))
+            tr.record_probe(torch.tensor(sc), torch.tensor([0.0 if i in masters else 1.0 for i in sc]))
         tr.step()
     assert seen[0] == seen[1] == set(range(n))
     assert seen[2] == seen[3] == set(range(n)) - {0, 5, 6, 7}  # excluded after a zero loss at epoch 1

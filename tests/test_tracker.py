@@ -1,4 +1,4 @@
-"""Statistics accounting, options (threshold 0, annealing, score_every, score_all),
+"""Statistics accounting, options (threshold 0, annealing, probe_every, probe_all),
 per-sample counters and export, and the scoring helper."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ies import IES, EpochStats, IndexedDataset, score_losses
+from ies import IES, EpochStats, IndexedDataset, probe_losses
 
 
 def plateau_then_jump(i: int, e: int) -> float:
@@ -35,15 +35,15 @@ def expected_excluded(e: int) -> Set[int]:
 
 
 def run_epoch(tr: IES, loss: Callable[[int, int], float], e: int, *, batch: int = 3, skip_backprop: int = 0) -> None:
-    """Train the active samples (``record``), then score the excluded ones (``record_scores``)."""
+    """Train the active samples (``record``), then score the excluded ones (``record_probe``)."""
     active = tr.active_indices().tolist()
     for s in range(0, len(active), batch):
         b = active[s : s + batch]
         vals = torch.tensor([loss(i, e) for i in b])
         tr.record(torch.tensor(b), vals, backpropagated=max(len(b) - skip_backprop, 0) if skip_backprop else None)
-    idx = tr.indices_to_score().tolist()
+    idx = tr.indices_to_probe().tolist()
     if idx:
-        tr.record_scores(torch.tensor(idx), torch.tensor([loss(i, e) for i in idx]))
+        tr.record_probe(torch.tensor(idx), torch.tensor([loss(i, e) for i in idx]))
 
 
 def test_statistics_accounting() -> None:
@@ -66,16 +66,16 @@ def test_statistics_accounting() -> None:
         assert s.newly_excluded == len(nxt - now)
         assert s.reincluded == len(now - nxt)
         assert s.next_active == n - len(nxt)
-        assert s.trained_forward == n_active
+        assert s.trained == n_active
         assert s.backpropagated == n_active - n_batches
-        assert s.scored_forward == len(now)
+        assert s.probed == len(now)
         assert s.nonfinite == 0
         tot_excl += len(now)
         tot_train += n_active
         tot_bp += n_active - n_batches
         tot_scored += len(now)
         denom = n * (e + 1)
-        assert s.backprop_saved == pytest.approx(tot_excl / denom)
+        assert s.backprop_saved == pytest.approx(1.0 - tot_bp / denom)  # from the counts: what happened
         assert s.compute_saved == pytest.approx(1.0 - (tot_bp + fc * (tot_train - tot_bp + tot_scored)) / denom)
         assert s.as_dict()["excluded"] == len(now)
         assert tr.epoch == e + 1
@@ -110,13 +110,13 @@ def test_default_compute_saved_counts_scoring_at_one_third() -> None:
 def test_threshold_zero_never_excludes() -> None:
     tr = IES(5, threshold=0.0)
     for e in range(20):
-        assert tr.indices_to_score().numel() == 0
         tr.record(torch.arange(5), torch.zeros(5))
+        assert tr.indices_to_probe().numel() == 0  # asked after training, as end_epoch does
         s = tr.step()
         assert s.excluded == 0 and s.newly_excluded == 0 and s.next_active == 5
     assert not tr.excluded.any()
     # the criterion is still computed (a plateau of zeros scores 0), only removal is off
-    assert torch.equal(tr.scores(), torch.zeros(5))
+    assert torch.equal(tr.criterion(), torch.zeros(5))
     assert s.mastered == 0  # 0 < 0 is false
 
 
@@ -138,34 +138,31 @@ def test_annealing_stops_exclusion_from_anneal_start() -> None:
     assert excluded_per_epoch == [0, 0, 0, 0, 0, 0, 4, 0, 0, 0]
 
 
-def test_score_every_keeps_excluded_between_scorings() -> None:
+def test_probe_every_keeps_excluded_between_probes() -> None:
     r = 3
-    tr = IES(4, score_every=r)
+    tr = IES(4, probe_every=r)
 
     def loss(i: int, e: int) -> float:
         return 2.0 if (i == 0 and e >= 8) else 1.0
 
     excl = []
-    for e in range(12):
-        scoring = (e + 1) % r == 0
-        assert tr.should_score() == scoring
-        to_score = tr.indices_to_score()
-        if scoring:
-            assert torch.equal(to_score, tr.excluded_indices())
-        else:
-            assert to_score.numel() == 0 and to_score.dtype == torch.int64
+    for e in range(13):
         before = set(tr.excluded_indices().tolist())
-        run_epoch(tr, loss, e)
+        due = {i for i in before if (i + e) % r == 0}  # staggered: each once every r epochs
+        for i in sorted(set(range(4)) - before):
+            tr.record(torch.tensor([i]), torch.tensor([loss(i, e)]))
+        asked = tr.indices_to_probe().tolist()
+        assert set(asked) == due
+        if asked:
+            tr.record_probe(torch.tensor(asked), torch.tensor([loss(i, e) for i in asked]))
         s = tr.step()
         after = set(tr.excluded_indices().tolist())
-        if not scoring:
-            assert before <= after and s.reincluded == 0 and s.scored_forward == 0
+        assert s.probed == len(due)
+        assert before - after <= due  # only a probed sample can come back
         excl.append(sorted(after))
-    # mastered after epoch 5 (six losses); epochs 6, 7 unscored; at 8 sample 0 jumps and is scored
-    assert excl[5] == [0, 1, 2, 3]
-    assert excl[6] == excl[7] == [0, 1, 2, 3]
-    assert excl[8] == [1, 2, 3]
-    assert tr.should_score(epoch=2) and not tr.should_score(epoch=3)
+    # mastered after epoch 5 (six losses); sample 0 jumps at 8, is next probed at 9 ((0 + 9) % 3 == 0)
+    assert excl[5] == excl[6] == excl[7] == excl[8] == [0, 1, 2, 3]
+    assert excl[9] == [1, 2, 3]
 
 
 class ConstLoss(nn.Module):
@@ -185,31 +182,33 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out + 0.0 * y
 
 
-def test_score_all_scores_every_sample_and_replaces_training_losses() -> None:
+def test_probe_all_scores_every_sample_and_replaces_training_losses() -> None:
     n = 6
     x = torch.arange(n, dtype=torch.float32).unsqueeze(1) / 10
     ds = TensorDataset(x, torch.zeros(n))
     model = ConstLoss()
-    tr = IES(n, score_all=True)
+    tr = IES(n, probe_all=True)
     for e in range(3):
-        assert torch.equal(tr.indices_to_score(), torch.arange(n))
+        assert torch.equal(tr.indices_to_probe(), torch.arange(n))
         tr.record(torch.arange(n), torch.full((n,), 5.0))
         s = tr.end_epoch(model, ds, loss_fn, batch_size=4)
-        assert s.scored_forward == n and s.trained_forward == n
+        assert s.probed == n and s.trained == n
         assert torch.allclose(tr.history[:, -1], x[:, 0])  # the scoring losses, not the 5.0s
 
 
-def test_score_returns_count_and_zero_off_schedule() -> None:
+def test_probe_returns_count_and_probes_untrained_active_samples() -> None:
     n = 4
     ds = TensorDataset(torch.ones(n, 1), torch.zeros(n))
     model = ConstLoss()
-    tr = IES(n, score_every=2)
-    assert tr.score(model, ds, loss_fn) == 0  # epoch 0: not a scoring epoch, nothing excluded anyway
-    tr.excluded[1] = True  # pretend sample 1 is excluded
-    tr.step()
-    tr.excluded[1] = True
-    assert tr.should_score()
-    assert tr.score(model, ds, loss_fn) == 1
+    tr = IES(n, probe_every=2)
+    tr.record(torch.tensor([0, 1, 2]), torch.ones(3))  # sample 3 active but never trained (drop_last, say)
+    assert tr.probe(model, ds, loss_fn) == 1
+    s = tr.step()
+    assert s.unrecorded == 1 and s.probed == 1 and s.trained == 3
+    tr.excluded[1] = True  # pretend sample 1 is excluded; epoch 1: (1 + 1) % 2 == 0, its turn
+    tr.record(torch.tensor([0, 2, 3]), torch.ones(3))
+    assert tr.probe(model, ds, loss_fn) == 1
+    assert tr.probe(model, ds, loss_fn) == 0  # already probed this epoch
 
 
 def test_per_sample_counters_and_export(tmp_path) -> None:
@@ -224,11 +223,11 @@ def test_per_sample_counters_and_export(tmp_path) -> None:
     assert ps["times_reincluded"].tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
     assert ps["first_mastered_epoch"].tolist() == [6, 6, 6, 6, 6, -1, -1, -1]
     assert ps["excluded_now"].tolist() == [True] * 5 + [False] * 3
-    assert ps["score"][:5].tolist() == [0.0] * 5 and (ps["score"][5:] > 1e-3).all()
+    assert ps["criterion"][:5].tolist() == [0.0] * 5 and (ps["criterion"][5:] > 1e-3).all()
     path = tmp_path / "per_sample.npz"
     tr.export(path)
     with np.load(path) as z:
-        assert set(z.files) == {"times_excluded", "times_reincluded", "first_mastered_epoch", "excluded_now", "score"}
+        assert set(z.files) == {"times_excluded", "times_reincluded", "first_mastered_epoch", "excluded_now", "criterion"}
         for k, v in ps.items():
             assert np.array_equal(z[k], v.numpy()), k
         assert z["excluded_now"].dtype == np.bool_
@@ -248,26 +247,26 @@ def test_record_returns_its_input_unchanged() -> None:
     assert tr.record(torch.tensor([0, 1]), half) is half
 
 
-# --------------------------------------------------------------------------- score_losses
+# --------------------------------------------------------------------------- probe_losses
 def index_dataset(n: int = 20) -> TensorDataset:
     return TensorDataset(torch.arange(n, dtype=torch.float32).unsqueeze(1), torch.zeros(n))
 
 
 @pytest.mark.parametrize("start_training", [True, False])
-def test_score_losses_uses_eval_mode_and_restores(start_training: bool) -> None:
+def test_probe_losses_uses_eval_mode_and_restores(start_training: bool) -> None:
     model = ConstLoss()
     model.train(start_training)
-    out = score_losses(model, index_dataset(), [3, 4, 5], loss_fn, batch_size=2)
+    out = probe_losses(model, index_dataset(), [3, 4, 5], loss_fn, batch_size=2)
     assert model.modes == [False, False]
     assert model.training == start_training
     model.modes.clear()
-    score_losses(model, index_dataset(), [3, 4, 5], loss_fn, eval_mode=False)
+    probe_losses(model, index_dataset(), [3, 4, 5], loss_fn, eval_mode=False)
     assert model.modes == [start_training]
     assert model.training == start_training
     assert not out.requires_grad
 
 
-def test_score_losses_restores_mode_after_error() -> None:
+def test_probe_losses_restores_mode_after_error() -> None:
     model = ConstLoss().train()
 
     def bad(model: nn.Module, batch) -> torch.Tensor:
@@ -275,30 +274,30 @@ def test_score_losses_restores_mode_after_error() -> None:
         return torch.zeros(2, 2)  # not one loss per sample
 
     with pytest.raises(ValueError, match="reduction='none'"):
-        score_losses(model, index_dataset(), [1, 2], forward=bad)
+        probe_losses(model, index_dataset(), [1, 2], forward=bad)
     assert model.training
 
 
 @pytest.mark.parametrize("wrap", [False, True])
 @pytest.mark.parametrize("as_tensor", [False, True])
-def test_score_losses_order_matches_indices(wrap: bool, as_tensor: bool) -> None:
+def test_probe_losses_order_matches_indices(wrap: bool, as_tensor: bool) -> None:
     ds = index_dataset()
     if wrap:
         ds = IndexedDataset(ds)
     idx = [13, 2, 7, 19, 0, 7 - 1, 11]
-    out = score_losses(ConstLoss(), ds, torch.tensor(idx) if as_tensor else idx, loss_fn, batch_size=3)
+    out = probe_losses(ConstLoss(), ds, torch.tensor(idx) if as_tensor else idx, loss_fn, batch_size=3)
     assert out.dtype == torch.float32
     assert out.tolist() == [float(i) for i in idx]
 
 
-def test_score_losses_custom_forward_and_empty() -> None:
+def test_probe_losses_custom_forward_and_empty() -> None:
     ds = IndexedDataset(index_dataset())
     model = ConstLoss()
-    out = score_losses(model, ds, torch.tensor([5, 1]), forward=lambda mdl, batch: 2 * mdl(batch[0]) + 1)
+    out = probe_losses(model, ds, torch.tensor([5, 1]), forward=lambda mdl, batch: 2 * mdl(batch[0]) + 1)
     assert out.tolist() == [11.0, 3.0]
-    assert score_losses(model, ds, [], loss_fn).numel() == 0
+    assert probe_losses(model, ds, [], loss_fn).numel() == 0
     with pytest.raises(ValueError, match="loss_fn"):
-        score_losses(model, ds, [1])
+        probe_losses(model, ds, [1])
 
 
 def test_end_epoch_scores_excluded_with_a_model() -> None:
@@ -312,7 +311,7 @@ def test_end_epoch_scores_excluded_with_a_model() -> None:
         if active.numel():
             tr.record(active, torch.ones(active.numel()))
         s = tr.end_epoch(model, ds, loss_fn)
-        assert s.scored_forward == s.excluded
+        assert s.probed == s.excluded
     assert tr.excluded.all()  # plateau of 1.0 in training and in scoring
     assert model.training
 
@@ -339,7 +338,7 @@ def test_history_ring_matches_a_plain_shift(dense: bool) -> None:
         plain = torch.where(got.unsqueeze(1), shifted, plain)
         tr._commit(tr.pending_mask, dense=dense)
         tr.pending.fill_(float("nan"))
-        tr.pending_mask.zero_()
+        tr.train_records.zero_()
         assert torch.allclose(tr.history, plain, equal_nan=True, rtol=0, atol=0), e
 
 

@@ -3,31 +3,31 @@
 Stop backpropagating samples the model has mastered: a sample whose loss has stopped
 changing (second-order difference near zero) sits out of backprop until it changes
 again. See README.md for the five-line integration.
+
+Public API: :class:`IES` (the tracker), :class:`IESConfig` (its one configuration),
+:class:`ActiveSampler` and :class:`IndexedDataset` (the data side), :class:`EpochStats`,
+:class:`DistributedIES`, :func:`probe_losses` (the forward-only pass), and the rule's pure
+functions in :mod:`ies.criterion`.
 """
 
-from .criterion import history_length, kth_difference, mastered_mask, mastery_score, moving_average_abs
+from .accounting import EpochStats
+from .config import IESConfig
 from .dataset import IndexedDataset
 from .distributed import DistributedIES
-from .sampler import ActiveSampler, active_order
-from .scoring import score_losses
-from .tracker import IES, EpochStats, IESConfig, InstanceEarlyStopping
+from .probing import probe_losses
+from .sampler import ActiveSampler
+from .tracker import IES, IESWarning
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "IES",
-    "InstanceEarlyStopping",
-    "DistributedIES",
     "IESConfig",
+    "IESWarning",
     "EpochStats",
     "ActiveSampler",
     "IndexedDataset",
-    "score_losses",
-    "active_order",
-    "history_length",
-    "kth_difference",
-    "moving_average_abs",
-    "mastery_score",
-    "mastered_mask",
+    "DistributedIES",
+    "probe_losses",
     "__version__",
 ]

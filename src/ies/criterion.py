@@ -3,21 +3,28 @@
 A sample's loss history is a row of an ``(N, H)`` tensor, oldest loss first, newest
 last, with ``H = order + window + m``. From it come ``window + m`` order-``k``
 differences, ``m + 1`` moving averages of their absolute values (window ``w``), and
-the sample's *score*: the sum of the last ``m`` moving averages. A sample is mastered
-when it has a full history of finite losses and its score is below the threshold.
+the sample's *criterion*: the sum of the last ``m`` moving averages (optionally divided by
+the sample's mean loss over its history, ``relative=True``). A sample is mastered when it
+has a full history of finite losses and its criterion is below the threshold. In target
+mode the tracker instead excludes the ``k`` samples with the lowest criterion
+(:func:`select_most_stable`), ``k`` planned by :func:`exclusion_quota`.
+
+The tracker runs these same functions on its history (kept as ``H`` columns).
 
 These are the semantics of the paper's code (``moving_average_rate=3``, ``k=1``,
 ``threshold=1e-3``): with the defaults a sample is first judged after six losses.
 
 Example:
     >>> h = torch.tensor([[1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125]])
-    >>> mastery_score(h, torch.tensor([6]), order=2, window=3, m=1)
+    >>> criterion_values(h, torch.tensor([6]), order=2, window=3, m=1)
     tensor([0.0729])
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
+
+import math
 
 import torch
 from torch import Tensor
@@ -26,29 +33,12 @@ __all__ = [
     "history_length",
     "kth_difference",
     "moving_average_abs",
-    "mastery_score",
+    "criterion_values",
     "mastered_mask",
-    "validate_rule",
-    "score_columns",
+    "column_criterion",
+    "select_most_stable",
+    "exclusion_quota",
 ]
-
-
-def validate_rule(threshold: float, order: int, window: int, m: int) -> None:
-    """Raise ``ValueError`` naming the bad parameter and its valid range."""
-    if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= 3:
-        raise ValueError(f"order must be an int in 0..3 (0: loss, 2: second difference), got {order!r}")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window must be an int >= 1 (the paper uses 3), got {window!r}")
-    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
-        raise ValueError(f"m must be an int >= 1 (the paper uses 1), got {m!r}")
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}") from None
-    if not t >= 0.0 or t == float("inf"):  # also rejects NaN
-        raise ValueError(
-            f"threshold must be a finite number >= 0 (0 disables removal; the paper uses 1e-3), got {threshold!r}"
-        )
 
 
 def history_length(order: int, window: int, m: int) -> int:
@@ -71,8 +61,8 @@ def moving_average_abs(diffs: Tensor, window: int) -> Tensor:
     return diffs.abs().unfold(-1, window, 1).mean(-1)
 
 
-def score_columns(cols: Sequence[Tensor], *, order: int, window: int, m: int) -> Tensor:
-    """The raw score ``(N,)`` from a history given as ``H`` columns ``(N,)``, oldest first.
+def _raw_criterion(cols: Sequence[Tensor], *, order: int, window: int, m: int) -> Tensor:
+    """The raw criterion ``(N,)`` from a history given as ``H`` columns ``(N,)``, oldest first.
 
     Same arithmetic as ``moving_average_abs(kth_difference(h, order), window)[:, -m:].sum(-1)``
     but on contiguous columns, skipping what the last ``m`` averages do not use (the oldest
@@ -100,36 +90,82 @@ def score_columns(cols: Sequence[Tensor], *, order: int, window: int, m: int) ->
     return score
 
 
-def mastery_score(history: Tensor, count: Tensor, *, order: int, window: int, m: int) -> Tensor:
-    """Per-sample score ``(N,)``: the sum of the last ``m`` moving averages of ``|order-k diff|``.
+def criterion_values(history: Tensor, count: Tensor, *, order: int, window: int, m: int,
+                     relative: bool = False) -> Tensor:
+    """Per-sample criterion ``(N,)``: the sum of the last ``m`` moving averages of ``|order-k diff|``.
 
     ``history`` is ``(N, H)`` with the newest loss last; ``count`` ``(N,)`` is how many
     losses each sample has recorded in total. Samples with fewer than ``H`` losses, or a
-    non-finite loss in their window, score ``+inf`` (never mastered).
+    non-finite loss in their window, get ``+inf`` (never mastered). ``relative=True``
+    divides by the sample's mean loss over its history, so one δ means the same on a loss
+    of 0.05 and of 3.
     """
     needed = history_length(order, window, m)
     if history.shape[-1] != needed:
         raise ValueError(
             f"history has {history.shape[-1]} columns but order={order}, window={window}, m={m} need {needed}"
         )
-    return masked_score(history.unbind(-1), count, order=order, window=window, m=m)
+    return column_criterion(history.unbind(-1), count, order=order, window=window, m=m, relative=relative)
 
 
-def masked_score(cols: Sequence[Tensor], count: Tensor, *, order: int, window: int, m: int) -> Tensor:
-    """:func:`mastery_score` on ``H`` columns ``(N,)``, oldest first."""
-    score = score_columns(cols, order=order, window=window, m=m)
-    # Losses 1..H-1 all feed the score, so it is finite only if they are; check the oldest.
-    ok = (count >= len(cols)) & torch.isfinite(cols[0]) & torch.isfinite(score)
-    return score.masked_fill_(~ok, float("inf"))
+def column_criterion(cols: Sequence[Tensor], count: Tensor, *, order: int, window: int, m: int,
+                     relative: bool = False) -> Tensor:
+    """:func:`criterion_values` on ``H`` columns ``(N,)``, oldest first (the tracker's layout)."""
+    value = _raw_criterion(cols, order=order, window=window, m=m)
+    if relative:
+        scale = cols[0].abs()
+        for c in cols[1:]:
+            scale = scale + c.abs()
+        value.div_(scale.div_(len(cols)).clamp_(min=1e-12))
+    # Losses 1..H-1 all feed the criterion, so it is finite only if they are; check the oldest.
+    ok = (count >= len(cols)) & torch.isfinite(cols[0]) & torch.isfinite(value)
+    return value.masked_fill_(~ok, float("inf"))
 
 
-def mastered_columns(cols: Sequence[Tensor], count: Tensor, *, threshold: float, order: int, window: int, m: int) -> Tensor:
-    """:func:`mastered_mask` on ``H`` columns ``(N,)``, oldest first."""
-    return masked_score(cols, count, order=order, window=window, m=m) < threshold
+def mastered_mask(history: Tensor, count: Tensor, *, threshold: float, order: int, window: int, m: int,
+                  relative: bool = False) -> Tensor:
+    """Boolean ``(N,)``: which samples meet the criterion (below ``threshold``)."""
+    return criterion_values(history, count, order=order, window=window, m=m, relative=relative) < threshold
 
 
-def mastered_mask(
-    history: Tensor, count: Tensor, *, threshold: float, order: int, window: int, m: int
-) -> Tensor:
-    """Boolean ``(N,)``: which samples meet the criterion (score below ``threshold``)."""
-    return mastery_score(history, count, order=order, window=window, m=m) < threshold
+def select_most_stable(values: Tensor, k: int, cap: Optional[float] = None) -> Tensor:
+    """Boolean ``(N,)``: the ``k`` samples with the lowest finite criterion (at most ``k``).
+
+    Ties go to the lower index (a stable sort), so every process that holds the same values
+    picks the same samples. Samples with an infinite criterion (no full history) are never
+    chosen, nor, with ``cap``, samples whose criterion is above ``cap``.
+
+    Example:
+        >>> select_most_stable(torch.tensor([0.3, float("inf"), 0.1, 0.1]), 2).tolist()
+        [False, False, True, True]
+    """
+    n = values.shape[0]
+    k = max(0, min(int(k), n))
+    eligible = torch.isfinite(values)
+    if cap is not None:
+        eligible &= values <= cap
+    keyed = values.masked_fill(~eligible, float("inf"))
+    order = torch.sort(keyed, stable=True).indices[:k]
+    chosen = torch.zeros(n, dtype=torch.bool, device=values.device)
+    chosen[order] = True
+    return chosen & eligible
+
+
+def exclusion_quota(target: float, num_samples: int, plan_epochs: int, epochs_done: int, saved: float) -> int:
+    """How many samples to exclude next epoch to land the run's saving on ``target``.
+
+    ``saved`` is the backprop sample-epochs saved so far (``N * epochs_done - backprop``),
+    ``plan_epochs`` the epochs over which exclusion is possible (the run, less annealing).
+    The remaining saving is spread evenly over the remaining epochs, rounded up, so a
+    shortfall (early epochs in which no sample has a full history) is caught up later and
+    the last epoch lands within one sample of the target.
+
+    Example:
+        >>> exclusion_quota(0.4, 100, 10, 5, 0.0)   # 400 to save in 5 epochs
+        80
+    """
+    left = plan_epochs - epochs_done
+    if left <= 0:
+        return 0
+    remaining = target * num_samples * plan_epochs - saved
+    return max(0, min(num_samples, math.ceil(remaining / left - 1e-9)))

@@ -1,42 +1,45 @@
 """IES under ``torch.distributed`` (DDP): identical per-sample state on every rank.
 
 Each rank trains its shard of the active set and records the losses it sees.
-:class:`DistributedIES` merges them once per epoch, at the start of ``step()``, with a
-sparse all-gather of the epoch's recorded ``(index, loss)`` pairs: indices travel as
+:class:`DistributedIES` merges them before the probe pass and again at the start of
+``step()``, each time with a sparse all-gather of the epoch's recorded ``(index, loss)`` pairs: indices travel as
 int64 in their own tensor and losses as float32 in another, so nothing is rounded (a
 float carrier would corrupt indices above 2**24, or above 256 with bf16). Every rank
 then holds the same pending losses and applies the same rule to the same history, so
-all ranks derive the same mastered set without a broadcast. The scoring pass of
-excluded samples is split across ranks (rank ``r`` scores ``indices_to_score()[r::W]``)
+all ranks derive the same mastered set without a broadcast. The probe pass of
+samples to probe is split across ranks (rank ``r`` probes ``indices_to_probe()[r::W]``)
 and merged by the same gather.
 
-Per epoch: three all-gathers (5 int64 of metadata per rank, then ``max_r n_r`` int64
+Per merge: three all-gathers (5 int64 of metadata per rank, then ``max_r n_r`` int64
 indices and as many float32 losses per rank), where ``n_r`` is the number of samples
-rank ``r`` recorded this epoch (trained or scored). Received bytes per rank:
+rank ``r`` holds records of this epoch (trained or probed; the record's kind travels in
+the index's two low bits). Received bytes per rank:
 ``12 * W * max_r n_r`` ~ ``12 * (samples recorded this epoch)``; independent of ``N``.
 
 Example:
     >>> dist.init_process_group("nccl")                  # or torchrun's env, gloo on CPU
-    >>> ies = DistributedIES(len(train_set))
-    >>> loader = DataLoader(IndexedDataset(train_set), sampler=ies.sampler(), batch_size=64)
+    >>> tracker = DistributedIES(len(train_set))
+    >>> loader = DataLoader(IndexedDataset(train_set), sampler=tracker.sampler(), batch_size=64)
     >>> for epoch in range(epochs):
     ...     for idx, (x, y) in loader:
-    ...         loss = ies.record(idx, F.cross_entropy(ddp_model(x), y, reduction="none")).mean()
+    ...         loss = tracker.record(idx, F.cross_entropy(ddp_model(x), y, reduction="none")).mean()
     ...         ...
-    ...     stats = ies.end_epoch(ddp_model, train_set, nn.CrossEntropyLoss(reduction="none"))
+    ...     stats = tracker.end_epoch(ddp_model, train_set, nn.CrossEntropyLoss(reduction="none"))
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .scoring import score_losses
-from .tracker import EpochStats, InstanceEarlyStopping
+from .accounting import COUNTS, EpochStats
+from .probing import probe_losses
+from .tracker import IES
 
-__all__ = ["DistributedIES", "all_gather_records", "merge_records", "world_info", "unwrap_model"]
+__all__ = ["DistributedIES", "all_gather_records", "merge_records", "world_info", "unwrap_model", "config_digest"]
 
 
 def world_info(group: Any = None) -> Tuple[int, int]:
@@ -67,7 +70,7 @@ def _comm_device(group: Any, preferred: torch.device) -> torch.device:
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside ``DistributedDataParallel`` / ``DataParallel`` (else ``model``).
 
-    The scoring pass runs a different number of forwards on each rank, so it must not go
+    The probe pass runs a different number of forwards on each rank, so it must not go
     through DDP's forward (which may broadcast buffers, a collective).
 
     Example:
@@ -147,38 +150,47 @@ def merge_records(indices: Tensor, losses: Tensor) -> Tuple[Tensor, Tensor]:
     return indices[keep], losses[keep]
 
 
-class DistributedIES(InstanceEarlyStopping):
-    """:class:`~ies.InstanceEarlyStopping` whose state stays identical on every rank.
+def config_digest(config: Any, num_samples: int, seed: Optional[int]) -> Tuple[int, int, int]:
+    """What every rank must agree on: a CRC of the rule settings, the dataset size, the sampler seed."""
+    text = repr(sorted(config.to_dict().items())).encode()
+    return zlib.crc32(text), int(num_samples), -1 if seed is None else int(seed)
 
-    Same arguments as :class:`~ies.InstanceEarlyStopping`, plus ``group`` (the process
-    group; default: the world). Build it on every rank with the same arguments; record
-    on each rank the losses of the samples that rank trained; call ``end_epoch`` (or
-    ``score`` then ``step``) on every rank. Without an initialized process group it
-    behaves exactly like the single-process tracker.
 
-    The epoch's counters (``trained_forward``, ``backpropagated``, ``scored_forward``)
-    in the returned :class:`~ies.EpochStats` are summed over ranks, so they include the
-    few samples the sampler repeats to pad ranks to equal length.
+class DistributedIES(IES):
+    """:class:`~ies.IES` whose state stays identical on every rank.
+
+    Same arguments as :class:`~ies.IES`, plus ``group`` (the process group; default: the
+    world). Build it on every rank with the same arguments; record on each rank the losses
+    of the samples that rank trained; call ``end_epoch`` (or ``probe`` then ``step``) on
+    every rank. Without an initialized process group it behaves exactly like the
+    single-process tracker.
+
+    At the first merge the ranks compare a digest of the rule settings, the dataset size
+    and the sampler seed and raise ``ValueError`` on a mismatch (instead of silently
+    leaving samples untrained, or diverging until the process group times out). The time
+    a collective may wait is the process group's: ``init_process_group(timeout=...)``.
+
+    The epoch's counters (``trained``, ``backpropagated``, ``probed``) in the returned
+    :class:`~ies.EpochStats` are summed over ranks, so they include the few samples the
+    sampler repeats to pad ranks to equal length.
 
     Example:
-        >>> ies = DistributedIES(50_000, threshold=1e-3)
-        >>> sampler = ies.sampler(shuffle=True, seed=0)   # shards the active set per rank
+        >>> tracker = DistributedIES(50_000, threshold=1e-3)
+        >>> sampler = tracker.sampler(shuffle=True, seed=0)   # shards the active set per rank
     """
 
-    def __init__(self, num_samples: int, *args: Any, group: Any = None, **kwargs: Any) -> None:
-        super().__init__(num_samples, *args, **kwargs)
+    def __init__(self, num_samples: int, config: Any = None, *, group: Any = None, **kwargs: Any) -> None:
+        super().__init__(num_samples, config, **kwargs)
         self.group = group
-        self._synced_counters = (0, 0, 0)  # global (trained, backprop, scored) at the last sync this epoch
+        self._synced = dict(self.books.epoch)  # global counts at the last merge this epoch
+        self._sampler_seed: Optional[int] = None
+        self._digest_checked = False
 
     def __setstate__(self, state: dict) -> None:
         # torch.multiprocessing (mp.spawn, Lightning's ddp_spawn) pickles CPU tensors into
         # shared memory: every spawned rank would write into the same buffers. Unpickling
         # gives each process its own copy.
-        parent = getattr(super(), "__setstate__", None)
-        if parent is not None:
-            parent(state)
-        else:
-            self.__dict__.update(state)
+        self.__dict__.update(state)
         for k, v in list(self.__dict__.items()):
             if isinstance(v, Tensor):
                 self.__dict__[k] = v.clone()
@@ -196,63 +208,82 @@ class DistributedIES(InstanceEarlyStopping):
         world, rank = world_info(self.group)
         kwargs.setdefault("num_replicas", world)
         kwargs.setdefault("rank", rank)
+        self._sampler_seed = int(kwargs.get("seed", 0))
         return super().sampler(**kwargs)
 
     def sync(self) -> None:
-        """Merge the pending losses of all ranks now (a collective: call it on every rank).
+        """Merge the epoch's records of all ranks now (a collective: call it on every rank).
 
-        ``step()`` does this itself; call it before saving a checkpoint in the middle of
-        an epoch so the saved state holds every rank's losses. Idempotent.
+        ``probe()`` and ``step()`` do this themselves; call it before saving a checkpoint in
+        the middle of an epoch so the saved state holds every rank's losses. Idempotent.
         """
         self._sync_pending()
+
+    def _check_digest(self) -> None:
+        mine = torch.tensor(config_digest(self.config, self.num_samples, self._sampler_seed), dtype=torch.int64)
+        _, _, _, all_digests = all_gather_records(torch.zeros(0, dtype=torch.int64), torch.zeros(0), self.group,
+                                                  extra=mine)
+        rows = [tuple(r) for r in all_digests.tolist()]
+        if any(r != rows[0] for r in rows):
+            what = [name for j, name in enumerate(("rule settings", "dataset size", "sampler seed"))
+                    if len({r[j] for r in rows}) > 1]
+            raise ValueError(f"DistributedIES ranks disagree on the {', '.join(what)} (per rank: {rows}); build the "
+                             "tracker and its sampler with the same arguments and seed on every rank")
+        self._digest_checked = True
 
     def _sync_pending(self) -> None:
         world, _ = world_info(self.group)
         if world == 1:
             return
-        local_idx = torch.nonzero(self.pending_mask).flatten()
-        local_val = self.pending[local_idx]
-        base = self._synced_counters
-        delta = torch.tensor([self._trained - base[0], self._backprop - base[1], self._scored - base[2],
-                              int(bool(self._bad_record))], dtype=torch.int64)
-        idx, val, _, extras = all_gather_records(local_idx, local_val, self.group, extra=delta)
-        idx, val = merge_records(idx, val)
+        if not self._digest_checked:
+            self._check_digest()
+        trained, probed = self.train_records > 0, self.probe_records > 0
+        local_idx = torch.nonzero(trained | probed).flatten()
+        # Kind travels in the two low bits of the int64 index: exact, and no extra gather.
+        wire = local_idx * 4 + trained[local_idx].long() + 2 * probed[local_idx].long()
+        delta = [self.books.epoch[k] - self._synced[k] for k in COUNTS]
+        extra = torch.tensor([*(int(round(d)) for d in delta), int(bool(self._bad_record))], dtype=torch.int64)
+        wire, val, _, extras = all_gather_records(wire, self.pending[local_idx], self.group, extra=extra)
+        idx, kind = wire // 4, wire % 4
+        first, val = merge_records(idx, val)
         self.pending.fill_(float("nan"))
-        self.pending_mask.zero_()
-        self.pending[idx] = val.to(self.pending.dtype)
-        self.pending_mask[idx] = True
+        self.pending[first] = val.to(self.pending.dtype)
+        self.train_records.zero_().index_fill_(0, idx[(kind & 1) > 0], 1)
+        self.probe_records.zero_().index_fill_(0, idx[(kind & 2) > 0], 1)
         sums = extras.sum(0).tolist()
-        self._trained = base[0] + int(sums[0])
-        self._backprop = base[1] + int(sums[1])
-        self._scored = base[2] + int(sums[2])
-        self._synced_counters = (self._trained, self._backprop, self._scored)
-        if sums[3]:
+        for k, d in zip(COUNTS, sums):
+            self.books.epoch[k] = self._synced[k] + d
+        self._synced = dict(self.books.epoch)
+        if sums[-1]:
             self._bad_record = torch.ones((), dtype=torch.bool, device=self.device)
 
     def step(self) -> EpochStats:
-        """Merge all ranks' losses (one gather), then :meth:`InstanceEarlyStopping.step` on each rank."""
+        """Merge all ranks' records (one gather), then :meth:`IES.step` on each rank."""
         stats = super().step()
-        self._synced_counters = (0, 0, 0)
+        self._synced = dict(self.books.epoch)
         return stats
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._synced_counters = (self._trained, self._backprop, self._scored)
+        self._synced = dict(self.books.epoch)
 
-    def score(self, model: torch.nn.Module, dataset: Any, loss_fn: Optional[Callable[..., Tensor]] = None,
+    def probe(self, model: torch.nn.Module, data: Any, loss_fn: Optional[Callable[..., Tensor]] = None,
               **kwargs: Any) -> int:
-        """Scoring pass split across ranks: this rank scores ``indices_to_score()[rank::world]``.
+        """Probe pass split across ranks: this rank probes ``indices_to_probe()[rank::world]``.
 
-        ``model`` may be DDP-wrapped: the pass runs on the inner module (no collectives),
-        so ranks may run different numbers of batches. Returns how many this rank scored;
-        the losses reach every rank at the next ``step()``.
+        Merges the ranks' training records first (a collective), so an active sample that no
+        rank trained is probed too. ``model`` may be DDP-wrapped: the pass runs on the inner
+        module (no collectives), so ranks may run different numbers of batches. Returns how
+        many this rank probed; the losses reach every rank at the next ``step()``.
         """
+        self._sync_pending()
         world, rank = world_info(self.group)
-        idx = self.indices_to_score()
+        idx = self.indices_to_probe()
         if world > 1:
             idx = idx[rank::world]
         if idx.numel() == 0:
             return 0
-        losses = score_losses(unwrap_model(model), dataset, idx, loss_fn, **kwargs)
-        self.record_scores(idx, losses)
+        t0 = self._clock()
+        losses = probe_losses(unwrap_model(model), data, idx, loss_fn, **kwargs)
+        self.record_probe(idx, losses, seconds=self._clock() - t0)
         return int(idx.numel())

@@ -12,12 +12,13 @@ twice gives the same order, and the epoch only moves when the tracker steps or
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterator, Optional
 
 import torch
 from torch.utils.data import Sampler
 
-from .tracker import InstanceEarlyStopping
+from .tracker import IES, IESWarning
 
 __all__ = ["ActiveSampler", "active_order"]
 
@@ -38,7 +39,7 @@ class ActiveSampler(Sampler[int]):
     """Yield this epoch's active indices, each exactly once (per rank when distributed).
 
     Args:
-        tracker: the :class:`InstanceEarlyStopping` (or any object with ``active_mask``,
+        tracker: the :class:`~ies.IES` (or any object with ``active_mask``,
             ``num_active`` and ``epoch``) whose active set is sampled.
         shuffle: permute with a generator seeded ``seed + epoch``.
         seed: base seed; all ranks must pass the same.
@@ -52,7 +53,7 @@ class ActiveSampler(Sampler[int]):
 
     def __init__(
         self,
-        tracker: InstanceEarlyStopping,
+        tracker: IES,
         *,
         shuffle: bool = True,
         seed: int = 0,
@@ -74,6 +75,7 @@ class ActiveSampler(Sampler[int]):
         self.rank = rank
         self.drop_last = drop_last
         self._epoch: Optional[int] = None
+        self._last_pass: Optional[tuple] = None  # (epoch, training records) when the last pass started
 
     @property
     def epoch(self) -> int:
@@ -93,7 +95,21 @@ class ActiveSampler(Sampler[int]):
     def __len__(self) -> int:
         return self._per_rank(int(self.tracker.num_active))
 
+    def _check_epoch_protocol(self) -> None:
+        """Warn when a new pass starts after samples were trained in this same epoch."""
+        books = getattr(self.tracker, "books", None)
+        if books is None or self._epoch is not None:
+            return
+        now = (self.tracker.epoch, books.epoch["trained"])
+        if self._last_pass is not None and now[0] == self._last_pass[0] and now[1] > self._last_pass[1]:
+            warnings.warn(
+                f"a new pass over the IES sampler started in epoch {now[0]} after {int(now[1])} samples were trained, "
+                "but end_epoch() was not called since the last pass: call tracker.end_epoch(...) once after every "
+                "pass, or the losses are overwritten and nothing is ever excluded", IESWarning, stacklevel=3)
+        self._last_pass = now
+
     def __iter__(self) -> Iterator[int]:
+        self._check_epoch_protocol()
         order = active_order(self.tracker.active_mask, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle)
         if self.num_replicas > 1:
             per = self._per_rank(order.numel())

@@ -1,185 +1,105 @@
 """Per-sample state of Instance-dependent Early Stopping.
 
-The tracker holds a few ``(N, ...)`` tensors. ``record(indices, losses)`` is an index
-write; ``step()`` commits the epoch's losses to the history, applies the mastery rule
-to the whole set in a few tensor ops, decides who sits out the next epoch and returns
-the epoch's statistics with a single host sync.
+The tracker holds a few ``(N,)`` tensors. ``record(indices, losses)`` is an index write;
+``step()`` commits the epoch's losses to the history, applies the rule
+(:mod:`ies.criterion`) to the whole set in a few tensor ops, decides who sits out the
+next epoch and returns the epoch's statistics with a single host sync.
 
 Example:
-    >>> ies = InstanceEarlyStopping(len(train_set))
+    >>> tracker = IES(len(train_set))                       # δ-mode, the paper's rule
+    >>> tracker = IES(len(train_set), target_saving=0.4, total_epochs=30)   # or: say the saving
     >>> for epoch in range(epochs):
-    ...     for idx, (x, y) in loader:            # loader uses ActiveSampler(ies)
-    ...         loss = ies.record(idx, F.cross_entropy(model(x), y, reduction="none")).mean()
+    ...     for idx, (x, y) in loader:                      # loader uses tracker.sampler()
+    ...         loss = tracker.record(idx, F.cross_entropy(model(x), y, reduction="none")).mean()
     ...         ...
-    ...     stats = ies.end_epoch(model, train_set, nn.CrossEntropyLoss(reduction="none"))
+    ...     stats = tracker.end_epoch(model, train_set, nn.CrossEntropyLoss(reduction="none"))
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Dict, Optional, Union
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .criterion import history_length, masked_score, mastered_columns, validate_rule
+from .accounting import Accounting, EpochStats
+from .config import IESConfig
+from .criterion import column_criterion, exclusion_quota, history_length, select_most_stable
+from .probing import backoff_next, probe_losses, staggered_due
+from .state import STATE_VERSION, check_record, check_state, memory_check
 
-__all__ = ["IESConfig", "EpochStats", "InstanceEarlyStopping", "IES", "check_record"]
-
-_STATE_VERSION = 1
-
-
-@dataclass
-class IESConfig:
-    """Parameters of the IES rule. Defaults are the paper's."""
-
-    threshold: float = 1e-3  # delta: the paper's default; 0 disables removal
-    order: int = 2  # k: second-order difference, the paper's choice (Figure 5 compares 0..3)
-    window: int = 3  # w: the paper code's moving_average_rate
-    m: int = 1  # how many of the last moving averages are summed (paper code: k=1)
-    score_every: int = 1  # r: score excluded samples every r epochs (Appendix F uses 5)
-    anneal_fraction: float = 0.0  # train on all data for this last fraction of epochs (ImageNet: 0.1)
-    total_epochs: Optional[int] = None  # needed for annealing
-    score_all: bool = False  # scoring pass measures every sample, not only the excluded
-    forward_cost: float = 1.0 / 3.0  # cost of a forward pass relative to forward + backward
-
-    def validate(self) -> "IESConfig":
-        validate_rule(self.threshold, self.order, self.window, self.m)
-        if not isinstance(self.score_every, int) or self.score_every < 1:
-            raise ValueError(f"score_every must be an int >= 1 (1 scores every epoch), got {self.score_every!r}")
-        if not 0.0 <= float(self.anneal_fraction) < 1.0:
-            raise ValueError(f"anneal_fraction must be in [0, 1), got {self.anneal_fraction!r}")
-        if self.anneal_fraction > 0 and (self.total_epochs is None or self.total_epochs < 1):
-            raise ValueError("anneal_fraction > 0 needs total_epochs (the planned number of epochs)")
-        if self.total_epochs is not None and (not isinstance(self.total_epochs, int) or self.total_epochs < 1):
-            raise ValueError(f"total_epochs must be a positive int or None, got {self.total_epochs!r}")
-        if not 0.0 < float(self.forward_cost) <= 1.0:
-            raise ValueError(f"forward_cost must be in (0, 1] (a forward is ~1/3 of forward+backward), got {self.forward_cost!r}")
-        return self
-
-    @property
-    def anneal_start(self) -> Optional[int]:
-        """First epoch (0-based) of full-data annealing, or None."""
-        if self.anneal_fraction <= 0 or self.total_epochs is None:
-            return None
-        return self.total_epochs - max(1, int(round(self.anneal_fraction * self.total_epochs)))
+__all__ = ["IES", "IESWarning"]
 
 
-@dataclass
-class EpochStats:
-    """What one epoch did, as plain numbers (returned by ``step``)."""
-
-    epoch: int  # the epoch these numbers describe (0-based)
-    num_samples: int
-    active: int  # samples eligible for backprop this epoch
-    excluded: int  # samples left out of backprop this epoch
-    mastered: int  # samples meeting the criterion after this epoch
-    newly_excluded: int  # active this epoch, excluded next epoch
-    reincluded: int  # excluded this epoch, active next epoch
-    next_active: int  # samples eligible for backprop next epoch
-    trained_forward: int  # samples forwarded by training this epoch
-    backpropagated: int  # samples whose loss was backpropagated this epoch
-    scored_forward: int  # samples forwarded by the scoring pass this epoch
-    nonfinite: int  # non-finite losses recorded this epoch
-    backprop_saved: float  # cumulative: excluded sample-epochs / (N * epochs)
-    compute_saved: float  # cumulative, counting the scoring pass at forward_cost
-
-    def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+class IESWarning(UserWarning):
+    """A misuse that IES can survive but that makes its numbers wrong; the message says the fix."""
 
 
-def check_record(indices: Tensor, losses: Tensor, num_samples: int) -> None:
-    """Shape checks that need no host sync; raise ``ValueError`` with the fix."""
-    if not isinstance(losses, Tensor) or not isinstance(indices, Tensor):
-        raise ValueError("record(indices, losses) takes two tensors: indices LongTensor[B], losses Tensor[B]")
-    if losses.dim() == 0:
-        raise ValueError(
-            "losses is a scalar: IES needs one loss per sample. Compute the loss with reduction='none' "
-            "(e.g. F.cross_entropy(out, y, reduction='none')) and reduce it yourself after record()."
-        )
-    if losses.dim() != 1:
-        raise ValueError(f"losses must be 1-D (one per sample), got shape {tuple(losses.shape)}; reduce the extra dims first")
-    if indices.dim() != 1:
-        raise ValueError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
-    if indices.shape[0] != losses.shape[0]:
-        raise ValueError(
-            f"indices and losses differ in length ({indices.shape[0]} vs {losses.shape[0]}): pass the dataset "
-            "indices of exactly the samples in this batch (wrap the dataset in IndexedDataset)"
-        )
-    if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.is_complex():
-        raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-    if not losses.dtype.is_floating_point:
-        raise ValueError(f"losses must be a floating tensor, got {losses.dtype}")
-
-
-class InstanceEarlyStopping:
+class IES:
     """Instance-dependent Early Stopping state for a training set of ``num_samples``.
 
     Args:
         num_samples: size of the training set (indices are ``0..N-1``).
-        threshold, order, window, m, score_every, anneal_fraction, total_epochs,
-        score_all, forward_cost: see :class:`IESConfig`.
+        config: an :class:`~ies.IESConfig`; or give its fields as keywords
+            (``threshold=1e-3``, ``target_saving=0.4, total_epochs=30``, ``probe_every=2``, ...).
+            Keywords given beside a config replace its fields.
         device: where the per-sample state lives (the training device avoids copies).
 
     Which losses the rule compares: for a sample trained in epoch ``t``, the loss of its
-    training forward pass (train mode, weights before that step); for an excluded sample,
-    the loss of the forward-only scoring pass after the epoch (eval mode by default).
-    With ``score_all=True`` the scoring pass measures every sample and its losses replace
-    the training losses, so all samples are judged on one consistent measure.
+    training forward pass (train mode, weights before that step); for a sample not trained
+    (excluded, or active but left out by the loader), the loss of the forward-only probe
+    pass after the epoch (eval mode). With ``probe_all=True`` every sample is probed and
+    judged on that one measure.
     """
 
-    def __init__(
-        self,
-        num_samples: int,
-        threshold: float = 1e-3,
-        order: int = 2,
-        window: int = 3,
-        m: int = 1,
-        *,
-        score_every: int = 1,
-        anneal_fraction: float = 0.0,
-        total_epochs: Optional[int] = None,
-        score_all: bool = False,
-        forward_cost: float = 1.0 / 3.0,
-        device: Union[str, torch.device] = "cpu",
-    ) -> None:
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+    def __init__(self, num_samples: int, config: Optional[IESConfig] = None, *,
+                 device: Union[str, torch.device] = "cpu", **params: Any) -> None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int (len of the training set), got {num_samples!r}")
-        self.config = IESConfig(
-            threshold=threshold, order=order, window=window, m=m, score_every=score_every,
-            anneal_fraction=anneal_fraction, total_epochs=total_epochs, score_all=score_all,
-            forward_cost=forward_cost,
-        ).validate()
+        if config is None:
+            config = IESConfig.from_dict(params)
+        elif not isinstance(config, IESConfig):
+            raise ValueError(f"config must be an IESConfig (give rule parameters by name, e.g. threshold=1e-3), "
+                             f"got {config!r}")
+        elif params:
+            config = config.replace(**params)
+        self.config = config
         self.num_samples = num_samples
         self.device = torch.device(device)
-        n, h, dev = num_samples, history_length(order, window, m), self.device
+        memory_check(num_samples, config, self.device)
+        n, h, dev = num_samples, history_length(config.order, config.window, config.m), self.device
         # The history as a ring of H contiguous columns: row (head + j) % H holds each
         # sample's j-th oldest loss; see the ``history`` property for the (N, H) view.
-        self._ring = torch.full((h, n), float("nan"), device=dev)
+        self._ring = torch.full((h, n), float("nan"), dtype=torch.float32, device=dev)
         self._head = 0
-        self.count = torch.zeros(n, dtype=torch.int64, device=dev)  # (N,) losses recorded in total
-        self.pending = torch.full((n,), float("nan"), device=dev)  # (N,) this epoch's loss
-        self.pending_mask = torch.zeros(n, dtype=torch.bool, device=dev)  # (N,) has a loss this epoch
-        self.excluded = torch.zeros(n, dtype=torch.bool, device=dev)  # (N,) left out this epoch
+        self.count = torch.zeros(n, dtype=torch.int32, device=dev)  # losses committed per sample
+        self.pending = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)  # this epoch's loss
+        self.train_records = torch.zeros(n, dtype=torch.int16, device=dev)  # training records this epoch
+        self.probe_records = torch.zeros(n, dtype=torch.int16, device=dev)  # probe records this epoch
+        self.excluded = torch.zeros(n, dtype=torch.bool, device=dev)  # left out of the current epoch
         self.times_excluded = torch.zeros(n, dtype=torch.int32, device=dev)
         self.times_reincluded = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.first_mastered = torch.full((n,), -1, dtype=torch.int32, device=dev)  # epoch first excluded after
-        self.epoch = 0  # the epoch being trained (0-based); step() advances it
-        self.num_active = n  # host copy of (~excluded).sum(), refreshed at step()
-        # Per-epoch host counters (batch sizes are shape info: no sync needed).
-        self._trained = 0
-        self._backprop = 0
-        self._scored = 0
-        self._bad_record = torch.zeros((), dtype=torch.bool, device=dev)  # deferred checks off-CPU
+        self.first_mastered = torch.full((n,), -1, dtype=torch.int32, device=dev)
+        self.probe_interval = torch.full((n,), config.probe_every, dtype=torch.int32, device=dev)
+        self.probe_due = torch.zeros(n, dtype=torch.int32, device=dev)  # back-off: epoch of the next probe
         self._stamp = torch.zeros(n, dtype=torch.int32, device=dev)  # scratch: duplicate-index check
+        self._bad_record = torch.zeros((), dtype=torch.bool, device=dev)  # range/duplicate checks off-CPU
         self._aranges: Dict[int, Tensor] = {}
-        self.totals = {"excluded": 0, "trained": 0, "backprop": 0, "scored": 0, "epochs": 0, "nonfinite": 0}
-        self.history_log: list = []  # EpochStats of each step, for reports
+        self._ones: Dict[int, Tensor] = {}
+        self.epoch = 0
+        self.num_active = n
+        self.books = Accounting(n, config.forward_cost)
+        self.history_log: List[EpochStats] = []
+        self._last_step_time: Optional[float] = None  # None: the epoch's clock starts at its first record
+        self._probe_seconds = 0.0
+        self._warned: set = set()
 
     # ----------------------------------------------------------------- recording
-    def _write(self, indices: Tensor, losses: Tensor) -> None:
-        check_record(indices, losses, self.num_samples)
+    def _write(self, indices: Tensor, losses: Tensor, counter: Tensor) -> None:
+        check_record(indices, losses)
         dev = self.device
         idx = indices if (indices.dtype == torch.int64 and indices.device == dev) else indices.to(dev, torch.int64, non_blocking=True)
         val = losses.detach()
@@ -188,12 +108,15 @@ class InstanceEarlyStopping:
         b = idx.shape[0]
         if b == 0:
             return
+        if self._last_step_time is None:
+            self._last_step_time = time.perf_counter()
         # Duplicates: stamp each position, read back; a duplicate reads another's stamp.
         ar = self._aranges.get(b)
         if ar is None:
             ar = self._aranges[b] = torch.arange(b, dtype=torch.int32, device=dev)
+            self._ones[b] = torch.ones(b, dtype=torch.int16, device=dev)
+        lo, hi = torch.aminmax(idx)
         if dev.type == "cpu":  # free to check now: fail at the bad call, before writing
-            lo, hi = torch.aminmax(idx)
             if int(lo) < 0 or int(hi) >= self.num_samples:
                 raise ValueError(self._record_error(idx))
             if b > 1:
@@ -201,12 +124,11 @@ class InstanceEarlyStopping:
                 if not torch.equal(self._stamp.index_select(0, idx), ar):
                     raise ValueError(self._record_error(idx))
         else:  # one host sync per epoch: checked in step()
-            lo, hi = torch.aminmax(idx)
             idx = idx.clamp(0, self.num_samples - 1)
             self._stamp.scatter_(0, idx, ar)
             self._bad_record |= (lo < 0) | (hi >= self.num_samples) | (self._stamp.index_select(0, idx) != ar).any()
         self.pending.scatter_(0, idx, val)  # indices are unique: scatter is deterministic
-        self.pending_mask.index_fill_(0, idx, True)
+        counter.index_add_(0, idx, self._ones[b])
 
     def _record_error(self, idx: Tensor) -> str:
         lo, hi = int(idx.min()), int(idx.max())
@@ -221,23 +143,33 @@ class InstanceEarlyStopping:
 
         ``indices`` LongTensor[B] are dataset indices, ``losses`` Tensor[B] the unreduced
         losses of the training forward pass. Reduce after recording, e.g.
-        ``loss = ies.record(idx, F.cross_entropy(out, y, reduction="none")).mean()``.
+        ``loss = tracker.record(idx, F.cross_entropy(out, y, reduction="none")).mean()``.
+        ``backpropagated``: how many of them are backpropagated (default: all).
         """
-        self._write(indices, losses)
-        self._trained += int(losses.shape[0])
-        self._backprop += int(losses.shape[0]) if backpropagated is None else int(backpropagated)
+        self._write(indices, losses, self.train_records)
+        b = int(losses.shape[0])
+        k = b if backpropagated is None else int(backpropagated)
+        self.books.add("trained", b)
+        self.books.add("backprop", k)
+        self.books.add("forward_only", b - k)  # forwarded in training, not backpropagated
         return losses
 
-    def record_scores(self, indices: Tensor, losses: Tensor) -> None:
-        """Record losses measured by a forward-only scoring pass (no backprop)."""
-        self._write(indices, losses)
-        self._scored += int(losses.shape[0])
+    def record_probe(self, indices: Tensor, losses: Tensor, *, seconds: float = 0.0) -> None:
+        """Record losses measured by a forward-only probe pass (no backprop) that took ``seconds``."""
+        self._write(indices, losses, self.probe_records)
+        self.books.add("probed", int(losses.shape[0]))
+        self._probe_seconds += float(seconds)
 
     # ----------------------------------------------------------------- queries
     @property
     def active_mask(self) -> Tensor:
         """Bool ``(N,)``: samples eligible for backprop in the current epoch."""
         return ~self.excluded
+
+    @property
+    def pending_mask(self) -> Tensor:
+        """Bool ``(N,)``: samples with a loss recorded this epoch (trained or probed)."""
+        return (self.train_records > 0) | (self.probe_records > 0)
 
     def active_indices(self) -> Tensor:
         return torch.nonzero(~self.excluded).flatten()
@@ -246,28 +178,33 @@ class InstanceEarlyStopping:
         return torch.nonzero(self.excluded).flatten()
 
     def sampler(self, **kwargs: Any) -> "torch.utils.data.Sampler[int]":
-        """An :class:`~ies.sampler.ActiveSampler` over this tracker (``shuffle``, ``seed``, ...)."""
+        """An :class:`~ies.ActiveSampler` over this tracker (``shuffle``, ``seed``, ``drop_last``, ...)."""
         from .sampler import ActiveSampler
 
         return ActiveSampler(self, **kwargs)
 
-    def should_score(self, epoch: Optional[int] = None) -> bool:
-        """Whether the scoring pass runs at the end of ``epoch`` (default: the current one)."""
-        e = self.epoch if epoch is None else epoch
-        return (e + 1) % self.config.score_every == 0
+    def indices_to_probe(self) -> Tensor:
+        """Indices the probe pass measures at the end of this epoch (call it after training).
 
-    def indices_to_score(self) -> Tensor:
-        """Indices the scoring pass should measure this epoch (empty if it should not run)."""
-        if not self.should_score():
-            return torch.zeros(0, dtype=torch.int64, device=self.device)
-        if self.config.score_all:
+        The excluded samples whose turn it is (every epoch, staggered every ``probe_every``,
+        or by back-off), and every active sample that got no training loss this epoch
+        (dropped by ``drop_last``, skipped by the loop), so each sample is judged every
+        epoch it can be. With ``probe_all``: every sample.
+        """
+        c, e = self.config, self.epoch
+        if c.probe_all:
             return torch.arange(self.num_samples, device=self.device)
-        return self.excluded_indices()
+        if c.probe_backoff:
+            due = self.excluded & (self.probe_due <= e)
+        else:
+            due = self.excluded & staggered_due(torch.arange(self.num_samples, device=self.device), e, c.probe_every)
+        missed = ~self.excluded & (self.train_records == 0)
+        return torch.nonzero((due | missed) & (self.probe_records == 0)).flatten()
 
-    def scores(self) -> Tensor:
+    def criterion(self) -> Tensor:
         """Current criterion value per sample ``(N,)`` (``inf`` where not yet judged)."""
         c = self.config
-        return masked_score(self._columns(), self.count, order=c.order, window=c.window, m=c.m)
+        return column_criterion(self._columns(), self.count, order=c.order, window=c.window, m=c.m, relative=c.relative)
 
     # ----------------------------------------------------------------- history ring
     def _columns(self) -> list:
@@ -309,27 +246,46 @@ class InstanceEarlyStopping:
         self._head = (head + 1) % h
 
     # ----------------------------------------------------------------- epoch end
-    def score(self, model: torch.nn.Module, dataset: Any, loss_fn: Callable[..., Tensor], **kwargs: Any) -> int:
-        """Run the forward-only scoring pass over ``indices_to_score()``; returns how many were scored.
+    def probe(self, model: torch.nn.Module, data: Any, loss_fn: Optional[Callable[..., Tensor]] = None,
+              **kwargs: Any) -> int:
+        """Run the forward-only probe pass over :meth:`indices_to_probe`; returns how many were probed.
 
-        See :func:`ies.scoring.score_losses` for ``kwargs`` (batch_size, device, forward, ...).
+        ``data``: the training set (map-style) or in-memory tensors ``(x, y)``; pass an
+        un-augmented copy of the training set if training augments. See
+        :func:`ies.probing.probe_losses` for ``kwargs`` (batch_size, device, forward, ...).
         """
-        from .scoring import score_losses
-
-        idx = self.indices_to_score()
+        idx = self.indices_to_probe()
         if idx.numel() == 0:
             return 0
-        losses = score_losses(model, dataset, idx, loss_fn, **kwargs)
-        self.record_scores(idx, losses)
+        t0 = self._clock()
+        losses = probe_losses(model, data, idx, loss_fn, **kwargs)
+        self.record_probe(idx, losses, seconds=self._clock() - t0)
         return int(idx.numel())
 
-    def end_epoch(self, model: torch.nn.Module, dataset: Any, loss_fn: Callable[..., Tensor], **kwargs: Any) -> EpochStats:
-        """Scoring pass, then :meth:`step`. The usual last line of an epoch."""
-        self.score(model, dataset, loss_fn, **kwargs)
+    def _clock(self) -> float:
+        if self.device.type == "cuda":  # two syncs per epoch, so the probe's time is its own
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def end_epoch(self, model: torch.nn.Module, data: Any, loss_fn: Optional[Callable[..., Tensor]] = None,
+                  **kwargs: Any) -> EpochStats:
+        """Probe pass, then :meth:`step`. The usual last line of an epoch."""
+        self.probe(model, data, loss_fn, **kwargs)
         return self.step()
 
     def _sync_pending(self) -> None:
-        """Hook for distributed training: make ``pending``/``pending_mask`` equal on all ranks."""
+        """Hook for distributed training: make the epoch's records equal on all ranks."""
+
+    def _decide(self, values: Tensor) -> Tensor:
+        """Bool ``(N,)``: who the rule would exclude next epoch, before annealing."""
+        c = self.config
+        if c.target_saving is None:
+            return values < c.threshold
+        done = self.epoch + 1
+        t = self.books.total["backprop"] + self.books.epoch["backprop"]
+        plan = c.anneal_start if c.anneal_start is not None else c.total_epochs
+        k = exclusion_quota(c.target_saving, self.num_samples, plan, done, self.num_samples * done - t)
+        return select_most_stable(values, k, c.max_threshold)
 
     def step(self) -> EpochStats:
         """Commit this epoch's losses, decide next epoch's excluded set, return the statistics."""
@@ -338,49 +294,87 @@ class InstanceEarlyStopping:
         if bool(self._bad_record):
             raise ValueError("an earlier record() call had an index out of range or a duplicate index; "
                              f"indices must be unique per batch and in 0..{self.num_samples - 1}")
-        got = self.pending_mask  # (N,)
+        trained, probed = self.train_records > 0, self.probe_records > 0
+        got = trained | probed
         # Samples that got a loss shift it in; others keep their history unchanged (paper's code).
         self._commit(got)
         self.count.add_(got)
-        mastered = mastered_columns(self._columns(), self.count, threshold=c.threshold, order=c.order,
-                                    window=c.window, m=c.m)
-        next_epoch = self.epoch + 1
-        annealing = c.anneal_start is not None and next_epoch >= c.anneal_start
-        nxt = mastered if (c.threshold > 0 and not annealing) else torch.zeros_like(mastered)
+        mastered = self._decide(self.criterion())
+        annealing = c.anneal_start is not None and self.epoch + 1 >= c.anneal_start
+        nxt = mastered if (c.removes and not annealing) else torch.zeros_like(mastered)
         was = self.excluded
-        newly = nxt & ~was
-        back = was & ~nxt
-        nonfinite = got & ~torch.isfinite(self.pending)
-        # Per-sample counters.
+        newly, back = nxt & ~was, was & ~nxt
+        if c.probe_backoff:
+            self.probe_interval, self.probe_due = backoff_next(
+                self.probe_interval, self.probe_due, probed, was & nxt, newly, self.epoch,
+                first=c.probe_every, cap=c.probe_max_interval)
         self.times_excluded.add_(nxt)
         self.times_reincluded.add_(back)
-        self.first_mastered.masked_fill_(nxt & (self.first_mastered < 0), next_epoch)
-        # The one host sync of the epoch.
-        counts = torch.stack([was.sum(), mastered.sum(), newly.sum(), back.sum(), nxt.sum(), nonfinite.sum()]).tolist()
-        n_excl, n_mast, n_new, n_back, n_next, n_nonfinite = (int(v) for v in counts)
-        t = self.totals
-        t["excluded"] += n_excl
-        t["trained"] += self._trained
-        t["backprop"] += self._backprop
-        t["scored"] += self._scored
-        t["epochs"] += 1
-        t["nonfinite"] += n_nonfinite
-        denom = self.num_samples * t["epochs"]
+        self.first_mastered.masked_fill_(nxt & (self.first_mastered < 0), self.epoch + 1)
+        counts = torch.stack([  # the one host sync of the epoch
+            was.sum(), mastered.sum(), newly.sum(), back.sum(), nxt.sum(), (got & ~torch.isfinite(self.pending)).sum(),
+            ((self.train_records > 1) | (self.probe_records > 1)).sum(), (was & trained).sum(),
+            (~was & ~trained).sum(), got.sum(),
+        ]).tolist()
+        stats = self._close(nxt, *(int(v) for v in counts))
+        self.pending.fill_(float("nan"))
+        self.train_records.zero_()
+        self.probe_records.zero_()
+        return stats
+
+    def _close(self, nxt: Tensor, n_excl: int, n_mast: int, n_new: int, n_back: int, n_next: int, n_nonfinite: int,
+               n_twice: int, n_while_excl: int, n_unrec: int, n_got: int) -> EpochStats:
+        now = time.perf_counter()
+        epoch_s = now - self._last_step_time if self._last_step_time is not None else 0.0
+        probe_s = min(self._probe_seconds, epoch_s)
+        trained = self.books.epoch["trained"]
+        self._warn_misuse(n_excl, trained, n_twice, n_while_excl, n_nonfinite, n_got)
+        books = self.books.close(excluded=n_excl, train_seconds=epoch_s - probe_s, probe_seconds=probe_s)
         stats = EpochStats(
             epoch=self.epoch, num_samples=self.num_samples, active=self.num_samples - n_excl, excluded=n_excl,
             mastered=n_mast, newly_excluded=n_new, reincluded=n_back, next_active=self.num_samples - n_next,
-            trained_forward=self._trained, backpropagated=self._backprop, scored_forward=self._scored,
-            nonfinite=n_nonfinite, backprop_saved=t["excluded"] / denom,
-            compute_saved=1.0 - (t["backprop"] + c.forward_cost * (t["trained"] - t["backprop"] + t["scored"])) / denom,
+            trained=books["trained"], backpropagated=books["backprop"], probed=books["probed"],
+            unrecorded=n_unrec, trained_while_excluded=n_while_excl, nonfinite=n_nonfinite,
+            backprop_saved=books["backprop_saved"], compute_saved=books["compute_saved"],
+            train_seconds=books["train_seconds"], probe_seconds=books["probe_seconds"],
+            measured_forward_cost=books["measured_forward_cost"], time_saved=books["time_saved"],
         )
         self.excluded = nxt
         self.num_active = self.num_samples - n_next
-        self.pending.fill_(float("nan"))
-        self.pending_mask.zero_()
-        self._trained = self._backprop = self._scored = 0
-        self.epoch = next_epoch
+        self.epoch += 1
         self.history_log.append(stats)
+        self._last_step_time = now
+        self._probe_seconds = 0.0
         return stats
+
+    def _warn(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(msg, IESWarning, stacklevel=5)  # the caller of step()
+
+    def _warn_misuse(self, n_excl: int, trained: float, n_twice: int, n_while_excl: int, n_nonfinite: int,
+                     n_got: int) -> None:
+        active = self.num_samples - n_excl
+        if active > 0 and trained == 0:
+            self._warn("nothing-trained", (
+                f"epoch {self.epoch}: {active} samples were active but no training loss was recorded. Either "
+                "end_epoch()/step() was called twice with no training in between (call it once per epoch), or the "
+                f"DataLoader yielded no batch: with drop_last=True and batch_size > {active} it yields none; use "
+                "drop_last=False with tracker.sampler()"))
+        if n_while_excl:
+            self._warn("while-excluded", (
+                f"epoch {self.epoch}: {n_while_excl} samples were trained while excluded (counted as trained, so the "
+                "saving reported is what happened). Likely cause: a DataLoader that does not use tracker.sampler(); "
+                "build it as DataLoader(IndexedDataset(ds), sampler=tracker.sampler(), ...)"))
+        if n_twice:
+            self._warn("twice", (
+                f"epoch {self.epoch}: {n_twice} samples were recorded more than once in one epoch (the last loss was "
+                "kept). Call end_epoch() once at the end of every pass over tracker.sampler(), and record each sample "
+                "once per epoch"))
+        if n_got and n_nonfinite * 2 > n_got:
+            self._warn("nonfinite", (
+                f"epoch {self.epoch}: {n_nonfinite} of {n_got} recorded losses are not finite: training has likely "
+                "diverged (lower the learning rate). Samples with non-finite losses are kept in training"))
 
     # ----------------------------------------------------------------- export & checkpoints
     def per_sample(self) -> Dict[str, Tensor]:
@@ -390,7 +384,7 @@ class InstanceEarlyStopping:
             "times_reincluded": self.times_reincluded.cpu(),
             "first_mastered_epoch": self.first_mastered.cpu(),
             "excluded_now": self.excluded.cpu(),
-            "score": self.scores().cpu(),
+            "criterion": self.criterion().cpu(),
         }
 
     def export(self, path: Union[str, os.PathLike]) -> None:
@@ -401,53 +395,38 @@ class InstanceEarlyStopping:
             raise ImportError("export() writes .npz and needs numpy: pip install numpy") from None
         np.savez(path, **{k: v.numpy() for k, v in self.per_sample().items()})
 
-    _TENSORS = ("history", "count", "pending", "pending_mask", "excluded", "times_excluded", "times_reincluded", "first_mastered")
+    _TENSORS = ("history", "count", "pending", "train_records", "probe_records", "excluded", "times_excluded",
+                "times_reincluded", "first_mastered", "probe_interval", "probe_due")
 
     def state_dict(self) -> Dict[str, Any]:
-        """Plain tensors and ints; restore with :meth:`load_state_dict` for an exact resume."""
+        """Plain tensors, ints and dicts; restore with :meth:`load_state_dict` for an exact resume."""
         sd: Dict[str, Any] = {k: getattr(self, k).detach().cpu().clone() for k in self._TENSORS}
-        sd.update(
-            version=_STATE_VERSION, num_samples=self.num_samples, epoch=self.epoch, config=asdict(self.config),
-            totals=dict(self.totals), counters={"trained": self._trained, "backprop": self._backprop, "scored": self._scored},
-            history_log=[s.as_dict() for s in self.history_log],
-        )
+        sd.update(version=STATE_VERSION, num_samples=self.num_samples, epoch=self.epoch,
+                  config=self.config.to_dict(), accounting=self.books.state_dict(),
+                  history_log=[s.as_dict() for s in self.history_log])
         return sd
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore state saved by :meth:`state_dict`; raises ``ValueError`` if it does not fit."""
-        if not isinstance(state, dict):
-            raise ValueError(f"state must be a dict from state_dict(), got {type(state).__name__}")
-        missing = [k for k in (*self._TENSORS, "num_samples", "epoch", "config", "totals") if k not in state]
-        if missing:
-            raise ValueError(f"IES state is missing keys {missing}; was it saved by InstanceEarlyStopping.state_dict()?")
-        if state["num_samples"] != self.num_samples:
-            raise ValueError(
-                f"IES state was saved for a dataset of {state['num_samples']} samples, this tracker has "
-                f"{self.num_samples}; resume with the same training set (same size and order)"
-            )
-        saved = state["config"]
-        diff = {k: (saved.get(k), getattr(self.config, k)) for k in ("order", "window", "m") if saved.get(k) != getattr(self.config, k)}
-        if diff:
-            raise ValueError(f"IES state has a different rule shape (saved, current): {diff}; build the tracker with the saved values")
+        """Restore state saved by :meth:`state_dict`: all or nothing.
+
+        Everything is checked before anything is assigned (keys, version, sizes, dtypes,
+        the accounting); a state whose rule shape (order, window, m) differs is refused;
+        other rule settings that differ are named in a warning and the constructor's win.
+        """
+        checked = check_state(self, state)
         for k in self._TENSORS:
-            cur = getattr(self, k)
-            val = state[k]
-            if not isinstance(val, Tensor) or val.shape != cur.shape:
-                raise ValueError(f"IES state entry {k!r} has shape {getattr(val, 'shape', None)}, expected {tuple(cur.shape)}")
-            setattr(self, k, val.to(device=self.device, dtype=cur.dtype).clone())
-        self.epoch = int(state["epoch"])
-        self.totals = dict(state["totals"])
-        counters = state.get("counters", {})
-        self._trained = int(counters.get("trained", 0))
-        self._backprop = int(counters.get("backprop", 0))
-        self._scored = int(counters.get("scored", 0))
+            setattr(self, k, checked[k].to(self.device).clone())
+        self.epoch = checked["epoch"]
+        self.books.load_state_dict(state["accounting"])
+        self.history_log = [EpochStats.from_dict(d) for d in state["history_log"]]
         self.num_active = int((~self.excluded).sum())
-        self.history_log = [EpochStats(**{f.name: d[f.name] for f in fields(EpochStats)}) for d in state.get("history_log", [])]
+        self._last_step_time = None
+        if checked["differs"]:
+            warnings.warn(f"IES state was saved with other rule settings {checked['differs']} (saved, current); "
+                          "the current settings are used from now on", IESWarning, stacklevel=2)
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"InstanceEarlyStopping(num_samples={self.num_samples}, threshold={c.threshold}, order={c.order}, "
-                f"window={c.window}, m={c.m}, epoch={self.epoch}, active={self.num_active})")
-
-
-IES = InstanceEarlyStopping
+        rule = f"threshold={c.threshold}" if c.mode == "delta" else f"target_saving={c.target_saving}"
+        return (f"IES(num_samples={self.num_samples}, {rule}, order={c.order}, window={c.window}, m={c.m}, "
+                f"epoch={self.epoch}, active={self.num_active})")

@@ -29,7 +29,7 @@ def finish_epoch(p, losses: torch.Tensor) -> None:
     """Train the epoch's mask with the given per-sample losses and close it."""
     idx = torch.nonzero(p.train_mask()).flatten()
     p.record(idx, losses[idx])
-    p.end_epoch()
+    p.close_epoch()
 
 
 # ----------------------------------------------------------------------------- random
@@ -52,7 +52,7 @@ def test_random_removes_exact_fraction_seeded(fraction: float) -> None:
     other = build_policy("random", n, total_epochs=5, seed=8, fraction=fraction)
     assert not torch.equal(other.train_mask(), masks[0])
     k = round(fraction * n)
-    assert p.totals["backprop"] == 3 * (n - k)
+    assert p.books.total["trained"] == 3 * (n - k)
     assert p.summary()["backprop_saved"] == pytest.approx(1 - 3 * (n - k) / (5 * n))  # 2 planned epochs not run
 
 
@@ -80,7 +80,7 @@ def test_infobatch_keeps_unseen_and_does_not_rescore_pruned() -> None:
     p = build_policy("infobatch", n, total_epochs=10, seed=1, prune_ratio=0.5, delta=1.0)
     first = torch.arange(30)  # only half the samples are trained in the first epoch
     p.record(first, torch.linspace(0.0, 1.0, 30))
-    p.end_epoch(excluded=30)
+    p.close_epoch()
     mask = p.train_mask()
     assert bool(mask[30:].all())  # never seen: kept
     pruned = torch.nonzero(~mask).flatten()
@@ -119,7 +119,7 @@ def test_early_stop_stops_after_patience() -> None:
     def epoch(v: float) -> None:
         assert bool(p.train_mask().all())  # every sample trains while the run goes on
         p.record(torch.arange(10), torch.rand(10))
-        p.end_epoch(val_accuracy=v)
+        p.close_epoch(val_accuracy=v)
 
     for v in [50.0, 60.0, 60.0, 59.0]:
         epoch(v)
@@ -133,14 +133,14 @@ def test_early_stop_stops_after_patience() -> None:
 def test_early_stop_min_delta() -> None:
     p = build_policy("early-stop", 10, total_epochs=20, patience=2, min_delta=1.0)
     for v in [50.0, 50.5, 50.9]:
-        p.end_epoch(val_accuracy=v)
+        p.close_epoch(val_accuracy=v)
     assert p.stop_training  # +0.5 and +0.9 are not improvements of more than 1 point
 
 
 def test_early_stop_without_validation_split_errors() -> None:
     p = build_policy("early-stop", 10, total_epochs=5)
     with pytest.raises(ValueError, match="--val-fraction"):
-        p.end_epoch(val_accuracy=None)
+        p.close_epoch(val_accuracy=None)
     with pytest.raises(ValueError, match="--val-fraction"):
         mnist1d_run("early-stop", 3)
 
@@ -252,13 +252,13 @@ def test_efficient_train_resolution_schedule() -> None:
     y = p.transform_inputs(x)
     assert y.shape == (4, 3, 16, 16)
     p.record(torch.arange(4), torch.rand(4))
-    stats = p.end_epoch()
+    stats = p.close_epoch()
     assert stats["backpropagated"] == 4 and stats["backprop_equivalent"] == pytest.approx(4 * 0.25)
     assert p.summary()["backprop_saved"] == pytest.approx(1 - 1.0 / (10 * 10))
     k = build_policy("efficient-train", 10, total_epochs=10, keep_size=True)
     assert k.transform_inputs(x).shape == x.shape  # low-passed, back at full size: no saving counted
     k.record(torch.arange(4), torch.rand(4))
-    assert k.end_epoch()["backprop_equivalent"] == 4
+    assert k.close_epoch()["backprop_equivalent"] == 4
 
 
 def test_efficient_train_refuses_non_image_inputs() -> None:

@@ -3,15 +3,25 @@
 A policy answers, each epoch, *which samples are trained* (``train_mask``), *how their
 losses are weighted* (``batch_weights``), optionally *which of a forwarded batch are
 backpropagated* (``select``, for Selective Backprop), and *which samples get a
-forward-only scoring pass* after the epoch (``indices_to_score``). The training engine
-calls these hooks and reports what it did through ``record`` and ``record_scores``; the
-base class turns that into the same statistics for every method, so tables compare
+forward-only probe pass* after the epoch (``indices_to_probe``). The training engine
+calls these hooks, reports what it did through ``record`` and ``record_probe``, and ends
+the epoch with ``close_epoch``. The counting is one :class:`~ies.accounting.Accounting`
+(``policy.books``) for every method, shared with the tracker for IES, so tables compare
 like with like.
 
-Accounting (per sample): a training forward+backward costs 1, a forward alone costs
-``forward_cost`` (default 1/3). ``backprop_saved = 1 - backpropagated / (N * epochs)``;
-``compute_saved = 1 - (backpropagated + forward_cost * forward_only) / (N * epochs)``,
-where ``epochs`` is the planned number, so stopping early counts as saving.
+The protocol, and the extras a method may opt into:
+
+- required: nothing (the defaults train everything, like ``none``);
+- ``train_mask`` / ``batch_weights`` / ``transform_inputs``: what and how a batch trains;
+- ``needs_selection_pass = True`` + ``select``: forward a batch, backprop a subset;
+- ``indices_to_probe`` + ``observe_probe``: a forward-only pass after the epoch;
+- ``backprop_cost``: cost of one trained sample in full-sample equivalents (resolution curricula);
+- ``observe`` / ``on_epoch_end`` / ``policy_state`` / ``load_policy_state``: the method's own state.
+
+Accounting (per sample): a training forward+backward costs ``backprop_cost()`` (1), a
+forward alone costs ``forward_cost`` (default 1/3). ``backprop_saved = 1 - backprop /
+(N * epochs)``; ``compute_saved = 1 - (backprop + forward_cost * forward_only) / (N * epochs)``,
+where the summary's ``epochs`` is the planned number, so stopping early counts as saving.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Type
 
 import torch
 from torch import Tensor
+
+from ..accounting import Accounting
 
 __all__ = ["SelectionPolicy", "POLICIES", "register_policy", "build_policy", "policy_names", "policy_params"]
 
@@ -46,10 +58,7 @@ def policy_names() -> List[str]:
 
 def policy_params(name: str) -> Dict[str, Any]:
     """The tunable parameters of a policy and their defaults."""
-    cls = _lookup(name)
-    sig = inspect.signature(cls.__init__)
-    skip = {"self", "num_samples", "total_epochs", "seed", "forward_cost", "kwargs"}
-    return {k: p.default for k, p in sig.parameters.items() if k not in skip and p.kind == p.KEYWORD_ONLY}
+    return dict(_lookup(name).params())
 
 
 def _lookup(name: str) -> Type["SelectionPolicy"]:
@@ -91,8 +100,14 @@ class SelectionPolicy:
         self.forward_cost = float(forward_cost)
         self.epoch = 0
         self.stop_training = False  # set by methods that end the whole run (early stopping)
-        self._counts = {"forward_only": 0, "backprop": 0, "scored": 0}
-        self.totals = {"forward_only": 0, "backprop": 0, "scored": 0, "epochs": 0, "excluded": 0}
+        self.books = Accounting(num_samples, self.forward_cost)
+
+    @classmethod
+    def params(cls) -> Dict[str, Any]:
+        """The method's own parameters and defaults: its keyword-only ``__init__`` arguments."""
+        sig = inspect.signature(cls.__init__)
+        skip = {"self", "num_samples", "total_epochs", "seed", "forward_cost", "kwargs"}
+        return {k: p.default for k, p in sig.parameters.items() if k not in skip and p.kind == p.KEYWORD_ONLY}
 
     # ------------------------------------------------------------------ hooks
     def train_mask(self) -> Tensor:
@@ -114,15 +129,19 @@ class SelectionPolicy:
     def check_model(self, model: "torch.nn.Module", example: Tensor) -> None:
         """Raise ``ValueError`` before training if ``model`` cannot run this method on batches like ``example``."""
 
-    def indices_to_score(self) -> Tensor:
+    def indices_to_probe(self) -> Tensor:
         """Indices that need a forward-only loss after this epoch's training."""
         return torch.zeros(0, dtype=torch.int64)
+
+    def backprop_cost(self) -> float:
+        """Cost of training one sample now, in full-sample forward+backward equivalents."""
+        return 1.0
 
     def observe(self, indices: Tensor, losses: Tensor) -> None:
         """Subclass hook: per-sample training losses (detached, float32)."""
 
-    def observe_scores(self, indices: Tensor, losses: Tensor) -> None:
-        """Subclass hook: per-sample losses from the scoring pass."""
+    def observe_probe(self, indices: Tensor, losses: Tensor) -> None:
+        """Subclass hook: per-sample losses from the probe pass."""
 
     def on_epoch_end(self, val_accuracy: Optional[float]) -> Dict[str, Any]:
         """Subclass hook: update state for the next epoch; return extra statistics."""
@@ -136,59 +155,44 @@ class SelectionPolicy:
 
     # ------------------------------------------------------------------ engine-facing
     def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None, forward_only: int = 0) -> None:
-        """The engine reports a trained batch: its samples' losses and how many were backpropagated."""
-        b = int(losses.shape[0])
-        self._counts["backprop"] += b if backpropagated is None else int(backpropagated)
-        self._counts["forward_only"] += int(forward_only)
+        """The engine reports a batch: its samples' losses, how many were backpropagated, how many only forwarded."""
+        b = int(losses.shape[0]) if backpropagated is None else int(backpropagated)
+        self.books.add("trained", b)
+        self.books.add("backprop", b * self.backprop_cost())
+        self.books.add("forward_only", int(forward_only))
         self.observe(indices, losses.detach().float())
 
-    def record_scores(self, indices: Tensor, losses: Tensor) -> None:
-        self._counts["scored"] += int(losses.shape[0])
-        self.observe_scores(indices, losses.detach().float())
+    def record_probe(self, indices: Tensor, losses: Tensor, *, seconds: float = 0.0) -> None:
+        """The engine reports the losses of the probe pass (``seconds``: how long it took)."""
+        self.books.add("probed", int(losses.shape[0]))
+        self.observe_probe(indices, losses.detach().float())
 
-    def end_epoch(self, val_accuracy: Optional[float] = None, *, excluded: Optional[int] = None) -> Dict[str, Any]:
-        """Close the epoch: returns the common statistics plus the method's own."""
-        n = self.num_samples
-        if excluded is None:
-            excluded = n - int(self.train_mask().sum())
+    def close_epoch(self, val_accuracy: Optional[float] = None) -> Dict[str, Any]:
+        """End the epoch: the common statistics from the books plus the method's own."""
+        excluded = self.num_samples - int(self.train_mask().sum())
         extra = self.on_epoch_end(val_accuracy)
-        t, c = self.totals, self._counts
-        t["epochs"] += 1
-        t["excluded"] += int(excluded)
-        for k in ("forward_only", "backprop", "scored"):
-            t[k] += c[k]
-        done = n * t["epochs"]
-        stats = {
-            "epoch": self.epoch,
-            "excluded": int(excluded),
-            "backpropagated": c["backprop"],
-            "forward_only": c["forward_only"],
-            "scored": c["scored"],
-            "backprop_saved": 1.0 - t["backprop"] / done,
-            "compute_saved": 1.0 - (t["backprop"] + self.forward_cost * (t["forward_only"] + t["scored"])) / done,
-            **extra,
-        }
-        self._counts = {"forward_only": 0, "backprop": 0, "scored": 0}
+        stats = {"epoch": self.epoch, "excluded": excluded, **self._row(self.books.close(excluded=excluded)), **extra}
         self.epoch += 1
         return stats
 
+    @staticmethod
+    def _row(books: Dict[str, Any]) -> Dict[str, Any]:
+        """The books' epoch numbers under the names every table uses."""
+        return {"backpropagated": books["trained"], "backprop_equivalent": books["backprop"],
+                "forward_only": books["forward_only"], "probed": books["probed"],
+                "backprop_saved": books["backprop_saved"], "compute_saved": books["compute_saved"]}
+
     def summary(self) -> Dict[str, float]:
         """Savings over the planned run (epochs not run count as saved)."""
-        t = self.totals
-        planned = self.num_samples * self.total_epochs
-        return {
-            "epochs_run": t["epochs"],
-            "backprop_saved": 1.0 - t["backprop"] / planned,
-            "compute_saved": 1.0 - (t["backprop"] + self.forward_cost * (t["forward_only"] + t["scored"])) / planned,
-            "samples_backpropagated": t["backprop"],
-            "samples_forward_only": t["forward_only"] + t["scored"],
-        }
+        s = self.books.summary(self.total_epochs)
+        s["backprop_equivalent"] = s["samples_backpropagated"]
+        s["samples_backpropagated"] = self.books.total["trained"]
+        return s
 
     def state_dict(self) -> Dict[str, Any]:
         return {
             "name": self.name, "num_samples": self.num_samples, "epoch": self.epoch,
-            "stop_training": self.stop_training, "totals": dict(self.totals), "counts": dict(self._counts),
-            "policy": self.policy_state(),
+            "stop_training": self.stop_training, "books": self.books.state_dict(), "policy": self.policy_state(),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -201,10 +205,10 @@ class SelectionPolicy:
                 f"state was saved for {state.get('num_samples')} samples, this run has {self.num_samples}; "
                 "resume with the same training set"
             )
+        Accounting.check_state(state.get("books"))
         self.epoch = int(state["epoch"])
         self.stop_training = bool(state["stop_training"])
-        self.totals = dict(state["totals"])
-        self._counts = dict(state["counts"])
+        self.books.load_state_dict(state["books"])
         self.load_policy_state(state["policy"])
 
     def __repr__(self) -> str:

@@ -66,8 +66,6 @@ class EfficientTrain(SelectionPolicy):
         self.ramp_epochs = max(1, int(round(self.ramp_fraction * total_epochs)))
         self._cost = 1.0  # cost fraction of the batch transformed last
         self._last_size: Optional[Tuple[int, int]] = None
-        self._epoch_samples = 0
-        self.samples_total = 0
 
     def resolution(self, epoch: Optional[int] = None) -> float:
         """The resolution fraction ``B(epoch)`` (default: the current epoch)."""
@@ -119,34 +117,10 @@ class EfficientTrain(SelectionPolicy):
         finally:
             model.train(was_training)
 
-    def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None, forward_only: int = 0) -> None:
-        b = int(losses.shape[0]) if backpropagated is None else int(backpropagated)
-        super().record(indices, losses, backpropagated=0, forward_only=forward_only)
-        self._counts["backprop"] += b * self._cost  # full-resolution equivalents
-        self._epoch_samples += b
-
-    def end_epoch(self, val_accuracy: Optional[float] = None, *, excluded: Optional[int] = None) -> Dict[str, Any]:
-        equivalent = self._counts["backprop"]
-        stats = super().end_epoch(val_accuracy, excluded=excluded)
-        stats["backprop_equivalent"] = equivalent
-        stats["backpropagated"] = self._epoch_samples
-        self.samples_total += self._epoch_samples
-        self._epoch_samples = 0
-        return stats
+    def backprop_cost(self) -> float:
+        return self._cost  # full-resolution equivalents of one sample at this epoch's resolution
 
     def on_epoch_end(self, val_accuracy: Optional[float]) -> Dict[str, Any]:
         size = self._last_size
         return {"resolution": self.resolution(), "input_size": None if size is None else f"{size[0]}x{size[1]}"}
 
-    def summary(self) -> Dict[str, float]:
-        s = super().summary()
-        s["backprop_equivalent"] = s["samples_backpropagated"]
-        s["samples_backpropagated"] = self.samples_total
-        return s
-
-    def policy_state(self) -> Dict[str, Any]:
-        return {"samples_total": self.samples_total, "epoch_samples": self._epoch_samples}
-
-    def load_policy_state(self, state: Dict[str, Any]) -> None:
-        self.samples_total = int(state["samples_total"])
-        self._epoch_samples = int(state["epoch_samples"])

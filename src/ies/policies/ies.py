@@ -4,69 +4,63 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import torch
 from torch import Tensor
 
-from ..tracker import InstanceEarlyStopping
+from ..config import IESConfig, field_names
+from ..tracker import IES
 from .base import SelectionPolicy, register_policy
 
 __all__ = ["IESPolicy", "NoRemoval"]
 
+_RUN_LEVEL = ("total_epochs", "forward_cost")  # given to every policy by the engine, not per method
+
 
 @register_policy("ies")
 class IESPolicy(SelectionPolicy):
-    """Instance-dependent Early Stopping (Yuan et al., ICLR 2025).
+    """Instance-dependent Early Stopping (Yuan et al., ICLR 2025) around one :class:`~ies.IES` tracker.
 
-    Follows the paper's code: order-k difference of per-sample losses, moving average of
-    its absolute value over ``window`` epochs, mastered below ``threshold``; mastered
-    samples skip the next epoch's training and are scored by a forward-only pass.
-    ``order`` 0-3 gives the paper's Figure 5 variants.
+    Its parameters are :class:`~ies.IESConfig`'s fields (``threshold``, ``order``, ...,
+    ``target_saving``, ``probe_every``, ``probe_backoff``): declared there once. The policy's
+    books are the tracker's, so the engine's statistics are the tracker's own counts.
     """
 
-    saving_note = "mastered samples skip forward and backward; their loss is measured by a forward-only pass (counted)"
+    saving_note = "excluded samples skip forward and backward; a forward-only probe pass measures them (counted)"
 
-    def __init__(
-        self,
-        num_samples: int,
-        *,
-        total_epochs: int,
-        seed: int = 0,
-        forward_cost: float = 1.0 / 3.0,
-        threshold: float = 1e-3,
-        order: int = 2,
-        window: int = 3,
-        m: int = 1,
-        score_every: int = 1,
-        anneal_fraction: float = 0.0,
-        score_all: bool = False,
-    ) -> None:
+    def __init__(self, num_samples: int, *, total_epochs: int, seed: int = 0, forward_cost: float = 1.0 / 3.0,
+                 **params: Any) -> None:
         super().__init__(num_samples, total_epochs=total_epochs, seed=seed, forward_cost=forward_cost)
-        self.tracker = InstanceEarlyStopping(
-            num_samples, threshold, order, window, m, score_every=score_every, anneal_fraction=anneal_fraction,
-            total_epochs=total_epochs, score_all=score_all, forward_cost=forward_cost,
-        )
-        self.last_stats: Optional[Dict[str, Any]] = None
+        config = IESConfig.from_dict({**params, "total_epochs": total_epochs, "forward_cost": forward_cost})
+        self.tracker = IES(num_samples, config)
+        self.books = self.tracker.books
+
+    @classmethod
+    def params(cls) -> Dict[str, Any]:
+        return {k: v for k, v in field_names().items() if k not in _RUN_LEVEL}
 
     def train_mask(self) -> Tensor:
         return self.tracker.active_mask
 
-    def indices_to_score(self) -> Tensor:
-        return self.tracker.indices_to_score()
+    def indices_to_probe(self) -> Tensor:
+        return self.tracker.indices_to_probe()
 
-    def observe(self, indices: Tensor, losses: Tensor) -> None:
-        self.tracker.record(indices, losses)
+    def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None, forward_only: int = 0) -> None:
+        self.tracker.record(indices, losses, backpropagated=backpropagated)
+        self.books.add("forward_only", int(forward_only))
 
-    def observe_scores(self, indices: Tensor, losses: Tensor) -> None:
-        self.tracker.record_scores(indices, losses)
+    def record_probe(self, indices: Tensor, losses: Tensor, *, seconds: float = 0.0) -> None:
+        self.tracker.record_probe(indices, losses, seconds=seconds)
 
-    def end_epoch(self, val_accuracy: Optional[float] = None, *, excluded: Optional[int] = None) -> Dict[str, Any]:
-        excluded_now = self.num_samples - self.tracker.num_active
-        return super().end_epoch(val_accuracy, excluded=excluded_now)
-
-    def on_epoch_end(self, val_accuracy: Optional[float]) -> Dict[str, Any]:
+    def close_epoch(self, val_accuracy: Optional[float] = None) -> Dict[str, Any]:
         s = self.tracker.step()
-        return {"mastered": s.mastered, "newly_excluded": s.newly_excluded, "reincluded": s.reincluded,
-                "next_active": s.next_active, "nonfinite": s.nonfinite}
+        stats = {
+            "epoch": self.epoch, "excluded": s.excluded, "backpropagated": s.trained,
+            "backprop_equivalent": s.backpropagated, "forward_only": 0,
+            "probed": s.probed, "backprop_saved": s.backprop_saved, "compute_saved": s.compute_saved,
+            "mastered": s.mastered, "newly_excluded": s.newly_excluded, "reincluded": s.reincluded,
+            "next_active": s.next_active, "unrecorded": s.unrecorded, "nonfinite": s.nonfinite,
+        }
+        self.epoch += 1
+        return stats
 
     def policy_state(self) -> Dict[str, Any]:
         return {"tracker": self.tracker.state_dict()}
@@ -88,3 +82,7 @@ class NoRemoval(IESPolicy):
                  order: int = 2, window: int = 3, m: int = 1) -> None:
         super().__init__(num_samples, total_epochs=total_epochs, seed=seed, forward_cost=forward_cost,
                          threshold=0.0, order=order, window=window, m=m)
+
+    @classmethod
+    def params(cls) -> Dict[str, Any]:
+        return {"order": 2, "window": 3, "m": 1}

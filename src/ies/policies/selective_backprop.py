@@ -123,8 +123,8 @@ class SelectiveBackprop(SelectionPolicy):
         return keep.to(indices.device)
 
     def on_epoch_end(self, val_accuracy: Optional[float]) -> Dict[str, Any]:
-        c = self._counts
-        return {"selected_share": c["backprop"] / max(c["forward_only"], 1)}
+        c = self.books.epoch
+        return {"selected_share": c["trained"] / max(c["forward_only"], 1)}
 
     def policy_state(self) -> Dict[str, Any]:
         return {"history": self.history.state_dict(), "generator": self.generator.get_state()}

@@ -1,12 +1,12 @@
 """DistributedIES and the ActiveSampler under 2 CPU processes (gloo), plus single-process checks.
 
-One ``mp.spawn`` launch checks everything that needs two ranks (launches cost seconds).
+One ``mp.spawn`` launch checks everything that needs two ranks (launches cost seconds). The
+process group meets through a file in the test's own folder: no port to race for.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
-from ies import IndexedDataset, InstanceEarlyStopping
+from ies import IndexedDataset, IES
 from ies.distributed import DistributedIES, all_gather_records, merge_records, unwrap_model, world_info
 
 N, BS, EPOCHS, RESUME_AT, SYNC_AT = 37, 4, 9, 4, 6
@@ -37,22 +37,16 @@ def score_forward(model, batch):
 
 def reference():
     """One process, fed the same per-sample losses: excluded set and stats after each epoch."""
-    ies = InstanceEarlyStopping(N, **RULE)
+    ies = IES(N, **RULE)
     out = []
     for e in range(EPOCHS):
         act = ies.active_indices()
         ies.record(act, loss_of(act, e))
-        exc = ies.indices_to_score()
-        ies.record_scores(exc, loss_of(exc, e))
+        exc = ies.indices_to_probe()
+        ies.record_probe(exc, loss_of(exc, e))
         ies.step()
         out.append(ies.excluded.clone())
     return out, ies
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gather(t: torch.Tensor, world: int):
@@ -82,9 +76,9 @@ def _check_large_indices(rank: int, world: int) -> None:
     assert ies.pending_mask.sum() == 3
     assert ies.pending[BIG].item() == 0.375 and ies.pending[BIG + 2].item() == 1.375
     assert ies.pending[7].item() == 0.5  # the lowest rank's loss wins, on every rank
-    assert ies._trained == 4  # counters summed over ranks
+    assert ies.books.epoch["trained"] == 4  # counters summed over ranks
     ies.sync()  # idempotent
-    assert ies.pending_mask.sum() == 3 and ies._trained == 4
+    assert ies.pending_mask.sum() == 3 and ies.books.epoch["trained"] == 4
     del ies
 
 
@@ -123,15 +117,17 @@ def _check_training(rank: int, world: int, tmpdir: str) -> None:
         assert int(counts.sum()) - int(active.sum()) == padding and int((counts - 1).clamp(min=0).sum()) == padding
         seen_padding += padding
         model.module.epoch_for_test = e
-        scored_here = ies.score(model, dataset, forward=score_forward, batch_size=5)
-        assert scored_here == len(ies.indices_to_score()[rank::world])  # the scoring pass is split
+        ies.sync()
+        want_here = len(ies.indices_to_probe()[rank::world])
+        probed_here = ies.probe(model, dataset, forward=score_forward, batch_size=5)
+        assert probed_here == want_here  # the probe pass is split
         stats = ies.step()
-        assert stats.trained_forward == yielded * world and stats.scored_forward == int((~active).sum())
+        assert stats.trained == yielded * world and stats.probed == int((~active).sum())
         masks = _gather(ies.excluded.to(torch.uint8), world)
         assert torch.equal(masks[0], masks[1])  # ranks agree exactly
         assert torch.equal(ies.excluded, ref_excluded[e]), e  # and with the single-process run
         all_stats = [None] * world
-        dist.all_gather_object(all_stats, stats.as_dict())
+        dist.all_gather_object(all_stats, stats.counts())
         assert all_stats[0] == all_stats[1]
     assert seen_padding > 0  # N is odd: padding happened and was counted
     assert int(ref.times_reincluded.sum()) > 0 and int(ref.excluded.sum()) > 0  # the run exercised both ways
@@ -139,23 +135,34 @@ def _check_training(rank: int, world: int, tmpdir: str) -> None:
     assert torch.equal(ies.times_reincluded, ref.times_reincluded)
 
 
-def _worker(rank: int, world: int, port: int, tmpdir: str, parent: DistributedIES) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _check_mismatch_raises(rank: int) -> None:
+    """Ranks built with different sampler seeds (or rules) refuse at the first merge, on every rank."""
+    for kw, seed, what in ((RULE, 3 + rank, "sampler seed"), ({**RULE, "threshold": 0.02 * (rank + 1)}, 3, "rule settings")):
+        ies = DistributedIES(N, **kw)
+        sampler = ies.sampler(seed=seed)
+        for i in list(sampler)[:4]:
+            ies.record(torch.tensor([i]), torch.tensor([1.0]))
+        with pytest.raises(ValueError, match=f"ranks disagree on the {what}"):
+            ies.step()
+
+
+def _worker(rank: int, world: int, tmpdir: str, parent: DistributedIES) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{tmpdir}/pg", rank=rank, world_size=world)
     try:
         assert world_info() == (world, rank)
         _check_private_copy(parent)
         _check_training(rank, world, tmpdir)
+        _check_mismatch_raises(rank)
         _check_large_indices(rank, world)
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_gloo(tmp_path):
     parent = DistributedIES(N, **RULE)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), parent), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path), parent), nprocs=2, join=True)
 
 
 # ----------------------------------------------------------------- single process
@@ -170,13 +177,13 @@ def test_merge_records_lowest_rank_wins():
 
 def test_single_process_is_the_plain_tracker():
     assert world_info() == (1, 0)
-    a, b = DistributedIES(N, **RULE), InstanceEarlyStopping(N, **RULE)
+    a, b = DistributedIES(N, **RULE), IES(N, **RULE)
     for e in range(5):
         for t in (a, b):
             act = t.active_indices()
             t.record(act, loss_of(act, e))
-            t.record_scores(t.indices_to_score(), loss_of(t.indices_to_score(), e))
-        assert a.step().as_dict() == b.step().as_dict()
+            t.record_probe(t.indices_to_probe(), loss_of(t.indices_to_probe(), e))
+        assert a.step().counts() == b.step().counts()
     assert len(a.sampler()) == a.num_active
     idx, val, src, extra = all_gather_records(torch.tensor([BIG]), torch.tensor([0.5], dtype=torch.bfloat16))
     assert idx.tolist() == [BIG] and val.dtype == torch.float32 and src.tolist() == [0] and extra.shape == (1, 0)

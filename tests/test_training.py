@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from ies import IndexedDataset, InstanceEarlyStopping
+from ies import IndexedDataset, IES
 from ies.training import (
     EpochProgressLR,
     is_accumulation_boundary,
@@ -20,9 +20,9 @@ N = 23
 RULE = dict(threshold=0.5, order=0, window=1, m=1)  # mastered when the last loss < 0.5, from the 2nd loss on
 
 
-def tracker_with_excluded(excluded_every: int = 3) -> InstanceEarlyStopping:
+def tracker_with_excluded(excluded_every: int = 3) -> IES:
     """A tracker after two epochs in which every ``excluded_every``-th sample had a low loss."""
-    ies = InstanceEarlyStopping(N, **RULE)
+    ies = IES(N, **RULE)
     idx = torch.arange(N)
     for _ in range(2):
         ies.record(idx, torch.where(idx % excluded_every == 0, 0.1, 1.0))
@@ -32,7 +32,7 @@ def tracker_with_excluded(excluded_every: int = 3) -> InstanceEarlyStopping:
 
 
 def test_bf16_losses_are_recorded_as_float32():
-    ies = InstanceEarlyStopping(N)
+    ies = IES(N)
     model = torch.nn.Linear(4, 3)
     x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
     with mixed_precision("cpu"):
@@ -69,7 +69,7 @@ def test_gradient_accumulation_records_each_sample_once():
     assert torch.equal(ies.pending_mask, ~ies.excluded)
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())  # last short cycle stepped
     stats = ies.step()
-    assert stats.trained_forward == stats.backpropagated == active
+    assert stats.trained == stats.backpropagated == active
 
     # Micro-batches cut from one big batch: the same, once per sample.
     ies2 = tracker_with_excluded()
@@ -105,7 +105,7 @@ def test_steps_per_epoch_and_boundaries():
 def test_linear_schedule_ends_at_its_final_lr_although_epochs_shrink():
     """Epochs shrink as IES excludes samples; the schedule still reaches its end at the last epoch's end."""
     epochs, bs, n = 4, 4, 40
-    ies = InstanceEarlyStopping(n, **RULE)
+    ies = IES(n, **RULE)
     sampler = ies.sampler()
     model = torch.nn.Linear(1, 1)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -153,7 +153,7 @@ def test_linear_schedule_ends_at_its_final_lr_although_epochs_shrink():
 
 def test_worker_dataloader_rereads_the_sampler_each_epoch():
     """num_workers > 0 with persistent_workers: each epoch yields that epoch's active set."""
-    ies = InstanceEarlyStopping(N, **RULE)
+    ies = IES(N, **RULE)
     loader = DataLoader(IndexedDataset(TensorDataset(torch.arange(N))), sampler=ies.sampler(), batch_size=5,
                         num_workers=1, persistent_workers=True)
     sizes, first_iterator = [], None

@@ -1,0 +1,172 @@
+"""The one configuration of the IES rule, shared by the tracker, the policy, the callbacks and the CLI.
+
+Every parameter is declared here once; :class:`~ies.IES`, the ``ies`` policy, the Lightning
+callback and the Hugging Face trainer all take an :class:`IESConfig` or its fields by name.
+Validation is strict: numbers must be numbers (a string or a bool is refused, not coerced).
+
+Example:
+    >>> IESConfig(target_saving=0.4, total_epochs=30).mode
+    'target'
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Dict, Optional
+
+__all__ = ["IESConfig"]
+
+
+def _number(name: str, value: Any, hint: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number{hint}, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if math.isnan(v) or math.isinf(v):
+        raise ValueError(f"{name} must be a finite number{hint}, got {value!r}")
+    return v
+
+
+def _integer(name: str, value: Any, low: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r}")
+    return int(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+@dataclass(frozen=True)
+class IESConfig:
+    """Parameters of the IES rule. Defaults are the paper's (δ-mode, every-epoch probing).
+
+    Two ways to decide who sits out:
+
+    - **δ-mode** (default, the paper's rule): a sample is excluded next epoch when its
+      criterion (the moving average of ``|order-k difference|`` of its loss) is below
+      ``threshold``. The saving follows from δ and is hard to predict.
+    - **target mode** (``target_saving=s, total_epochs=E``): each epoch the tracker excludes
+      as many samples as keep the run's cumulative *backprop* saving (sample-epochs not
+      backpropagated / ``N * E``) on course to ``s`` by epoch ``E``, choosing the samples with
+      the lowest criterion (ties by index). Samples without a full history are never excluded;
+      ``max_threshold`` optionally caps the criterion of an excluded sample.
+
+    Probing (the forward-only pass that measures excluded samples): every epoch by default;
+    ``probe_every=r`` probes each excluded sample once every ``r`` epochs, staggered by index
+    so the cost is flat; ``probe_backoff=True`` doubles a sample's interval after each probe
+    that leaves it excluded, up to ``probe_max_interval``, and starts again from ``probe_every``
+    when it is excluded anew. A sample's history is the sequence of its own measurements: an
+    unprobed epoch adds nothing to it, so its criterion (and its exclusion) stands until it is
+    measured again.
+    """
+
+    threshold: float = 1e-3  # δ: the paper's default; 0 disables removal (δ-mode)
+    order: int = 2  # k: second-order difference, the paper's choice (Figure 5 compares 0..3)
+    window: int = 3  # w: the paper code's moving_average_rate
+    m: int = 1  # how many of the last moving averages are summed (paper code: k=1)
+    relative: bool = False  # divide the criterion by the sample's mean recent loss (scale-free δ)
+    target_saving: Optional[float] = None  # target mode: backprop saving to reach by total_epochs
+    max_threshold: Optional[float] = None  # target mode: never exclude a sample whose criterion is above
+    probe_every: int = 1  # r: probe each excluded sample every r epochs, staggered (App. F uses 5)
+    probe_backoff: bool = False  # double a still-excluded sample's probe interval up to the cap
+    probe_max_interval: int = 8  # cap of the back-off interval, in epochs
+    probe_all: bool = False  # probe every sample (trained ones too) and judge all on that measure
+    anneal_fraction: float = 0.0  # train on all data for this last fraction of epochs (ImageNet: 0.1)
+    total_epochs: Optional[int] = None  # the planned run length (annealing, target mode)
+    forward_cost: float = 1.0 / 3.0  # nominal cost of a forward pass relative to forward + backward
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        if _number("threshold", self.threshold, " >= 0 (0 disables removal; the paper uses 1e-3)") < 0:
+            raise ValueError(f"threshold must be a finite number >= 0 (0 disables removal; the paper uses 1e-3), "
+                             f"got {self.threshold!r}")
+        o = self.order
+        if isinstance(o, bool) or not isinstance(o, numbers.Integral) or not 0 <= o <= 3:
+            raise ValueError(f"order must be an int in 0..3 (0: loss, 2: second difference), got {o!r}")
+        _integer("window", self.window, 1, " (the paper uses 3)")
+        _integer("m", self.m, 1, " (the paper uses 1)")
+        _flag("relative", self.relative)
+        _integer("probe_every", self.probe_every, 1, " (1 probes every epoch)")
+        _flag("probe_backoff", self.probe_backoff)
+        if _integer("probe_max_interval", self.probe_max_interval, 1, " (epochs)") < self.probe_every:
+            raise ValueError(f"probe_max_interval ({self.probe_max_interval}) must be >= probe_every ({self.probe_every})")
+        _flag("probe_all", self.probe_all)
+        a = _number("anneal_fraction", self.anneal_fraction, " in [0, 1)")
+        if not 0.0 <= a < 1.0:
+            raise ValueError(f"anneal_fraction must be in [0, 1), got {self.anneal_fraction!r}")
+        if self.total_epochs is not None:
+            _integer("total_epochs", self.total_epochs, 1, " (a positive int: the planned number of epochs) or None")
+        fc = _number("forward_cost", self.forward_cost, " in (0, 1]")
+        if not 0.0 < fc <= 1.0:
+            raise ValueError(f"forward_cost must be in (0, 1] (a forward is ~1/3 of forward+backward), got {self.forward_cost!r}")
+        if a > 0 and self.total_epochs is None:
+            raise ValueError("anneal_fraction > 0 needs total_epochs (the planned number of epochs)")
+        self._validate_target()
+
+    def _validate_target(self) -> None:
+        if self.target_saving is None:
+            if self.max_threshold is not None:
+                raise ValueError("max_threshold caps target mode: set target_saving too, or use threshold for δ-mode")
+            return
+        s = _number("target_saving", self.target_saving, " in (0, 1)")
+        if not 0.0 < s < 1.0:
+            raise ValueError(f"target_saving must be in (0, 1) (0.4 saves 40% of backprop), got {self.target_saving!r}")
+        if self.total_epochs is None:
+            raise ValueError("target_saving needs total_epochs: the saving is planned over the whole run")
+        if self.max_threshold is not None and _number("max_threshold", self.max_threshold, " or None") <= 0:
+            raise ValueError(f"max_threshold must be > 0 (or None for no cap), got {self.max_threshold!r}")
+
+    @property
+    def mode(self) -> str:
+        """``"target"`` when ``target_saving`` is set, else ``"delta"``."""
+        return "delta" if self.target_saving is None else "target"
+
+    @property
+    def removes(self) -> bool:
+        """Whether the rule can exclude anything (δ > 0 or a target)."""
+        return self.target_saving is not None or self.threshold > 0
+
+    @property
+    def anneal_start(self) -> Optional[int]:
+        """First epoch (0-based) of full-data annealing, or None."""
+        if self.anneal_fraction <= 0 or self.total_epochs is None:
+            return None
+        return self.total_epochs - max(1, int(round(self.anneal_fraction * self.total_epochs)))
+
+    @property
+    def shape(self) -> Dict[str, int]:
+        """The parameters that fix the size of the history (a saved state must match them)."""
+        return {"order": self.order, "window": self.window, "m": self.m}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> "IESConfig":
+        """A copy with ``changes`` applied (validated); unknown names raise ``ValueError``."""
+        check_names(changes)
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "IESConfig":
+        """Build from a dict of fields; unknown keys raise ``ValueError`` listing the valid ones."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an IES config must be a dict of its fields, got {type(d).__name__}")
+        check_names(d)
+        return cls(**d)
+
+
+def field_names() -> Dict[str, Any]:
+    """Every field of :class:`IESConfig` and its default."""
+    return {f.name: f.default for f in fields(IESConfig)}
+
+
+def check_names(d: Dict[str, Any]) -> None:
+    unknown = sorted(set(d) - set(field_names()))
+    if unknown:
+        raise ValueError(f"unknown IES parameter(s) {unknown}; valid: {', '.join(field_names())}")

@@ -1,0 +1,140 @@
+"""Checks that keep the tracker's state whole: record arguments, saved states, memory.
+
+Each function only inspects and raises ``ValueError`` with what is wrong and the fix; the
+tracker assigns nothing until its check has passed, so a bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, Dict
+
+import torch
+from torch import Tensor
+
+from .accounting import Accounting, EpochStats
+from .config import IESConfig
+from .criterion import history_length
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tracker import IES
+
+__all__ = ["STATE_VERSION", "check_record", "check_state", "memory_check", "bytes_per_sample"]
+
+STATE_VERSION = 2
+
+# dtype of each saved tensor; the history is (N, H), the rest (N,).
+_DTYPES = {"history": torch.float32, "count": torch.int32, "pending": torch.float32, "train_records": torch.int16,
+           "probe_records": torch.int16, "excluded": torch.bool, "times_excluded": torch.int32,
+           "times_reincluded": torch.int32, "first_mastered": torch.int32, "probe_interval": torch.int32,
+           "probe_due": torch.int32}
+
+
+def check_record(indices: Tensor, losses: Tensor) -> None:
+    """Shape checks that need no host sync; raise ``ValueError`` with the fix."""
+    if not isinstance(losses, Tensor) or not isinstance(indices, Tensor):
+        raise ValueError("record(indices, losses) takes two tensors: indices LongTensor[B], losses Tensor[B]")
+    if losses.dim() == 0:
+        raise ValueError(
+            "losses is a scalar: IES needs one loss per sample. Compute the loss with reduction='none' "
+            "(e.g. F.cross_entropy(out, y, reduction='none')) and reduce it yourself after record()."
+        )
+    if losses.dim() != 1:
+        raise ValueError(f"losses must be 1-D (one per sample), got shape {tuple(losses.shape)}; reduce the extra dims first")
+    if indices.dim() != 1:
+        raise ValueError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
+    if indices.shape[0] != losses.shape[0]:
+        raise ValueError(
+            f"indices and losses differ in length ({indices.shape[0]} vs {losses.shape[0]}): pass the dataset "
+            "indices of exactly the samples in this batch (wrap the dataset in IndexedDataset)"
+        )
+    if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.is_complex():
+        raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
+    if not losses.dtype.is_floating_point:
+        raise ValueError(f"losses must be a floating tensor, got {losses.dtype}")
+
+
+def bytes_per_sample(config: IESConfig) -> int:
+    """Bytes of per-sample state: the history ring plus the fixed per-sample tensors and scratch."""
+    h = history_length(config.order, config.window, config.m)
+    return sum(torch.empty(0, dtype=d).element_size() for d in _DTYPES.values()) - 4 + 4 * h + 4  # + stamp
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 62
+
+
+def memory_check(num_samples: int, config: IESConfig, device: torch.device) -> None:
+    """Refuse a tracker whose state would not fit in the device's free memory, with the figure."""
+    if device.type not in ("cpu", "cuda"):
+        return
+    need = num_samples * bytes_per_sample(config)
+    free = _available_bytes(device)
+    if need > free:
+        raise ValueError(
+            f"an IES tracker for {num_samples:,} samples needs {need / 2**30:.1f} GiB ({bytes_per_sample(config)} bytes "
+            f"per sample) but {device} has {free / 2**30:.1f} GiB free; check num_samples (the training set's length), "
+            "or use a smaller history (order, window, m)")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_state(tracker: "IES", state: Any) -> Dict[str, Any]:
+    """Validate a saved state against ``tracker``; return the converted values to assign.
+
+    Returns ``{tensor name: tensor, "epoch": int, "differs": {field: (saved, current)}}``.
+    """
+    if not isinstance(state, dict):
+        raise ValueError(f"state must be a dict from IES.state_dict(), got {type(state).__name__}")
+    version = state.get("version")
+    if version != STATE_VERSION:
+        raise ValueError(f"IES state version {version!r} is not {STATE_VERSION}: it was saved by another version of "
+                         "ies; resume with the version that saved it, or start the IES state afresh")
+    missing = [k for k in (*_DTYPES, "num_samples", "epoch", "config", "accounting", "history_log") if k not in state]
+    if missing:
+        raise ValueError(f"IES state is missing keys {missing}; was it saved by IES.state_dict()?")
+    if not _is_int(state["num_samples"]) or state["num_samples"] != tracker.num_samples:
+        raise ValueError(
+            f"IES state was saved for a dataset of {state['num_samples']!r} samples, this tracker has "
+            f"{tracker.num_samples}; resume with the same training set (same size and order)")
+    if not _is_int(state["epoch"]) or state["epoch"] < 0:
+        raise ValueError(f"IES state epoch must be an int >= 0, got {state['epoch']!r}")
+    saved = IESConfig.from_dict(state["config"]) if isinstance(state["config"], dict) else None
+    if saved is None:
+        raise ValueError("IES state 'config' must be the dict saved by state_dict()")
+    cur = tracker.config
+    if saved.shape != cur.shape:
+        raise ValueError(f"IES state has a different rule shape (saved {saved.shape}, current {cur.shape}); "
+                         "build the tracker with the saved order, window and m")
+    differs = {k: (v, getattr(cur, k)) for k, v in saved.to_dict().items() if v != getattr(cur, k)}
+    out: Dict[str, Any] = {"epoch": int(state["epoch"]), "differs": differs}
+    n, h = tracker.num_samples, history_length(cur.order, cur.window, cur.m)
+    for k, dtype in _DTYPES.items():
+        v = state[k]
+        want = (n, h) if k == "history" else (n,)
+        if not isinstance(v, Tensor) or tuple(v.shape) != want or v.dtype != dtype:
+            got = f"{type(v).__name__} {tuple(v.shape)} {v.dtype}" if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(f"IES state entry {k!r} must be a {dtype} tensor of shape {want}, got {got}")
+        out[k] = v
+    Accounting.check_state(state["accounting"])
+    log = state["history_log"]
+    names = {f.name for f in fields(EpochStats)}
+    if not isinstance(log, list) or any(not isinstance(d, dict) or set(d) != names for d in log):
+        raise ValueError("IES state 'history_log' must be the list of EpochStats dicts saved by state_dict()")
+    return out
