@@ -145,3 +145,14 @@ def test_top_eigenvalue_is_the_largest_algebraic_when_negative_curvature_dominat
     x, y = torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
     assert hessian_top_eigenvalue(model, x, y, iters=300, loss_fn=loss_fn, largest="magnitude") == pytest.approx(-3.0)
     assert hessian_top_eigenvalue(model, x, y, iters=300, loss_fn=loss_fn) == pytest.approx(2.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("measure", [
+    lambda m, x, y: hessian_top_eigenvalue(m, x, y, iters=2),
+    lambda m, x, y: sam_value(m, x, y),
+    lambda m, x, y: hessian_vector_product(m, x, y, [torch.zeros_like(p) for p in m.parameters()]),
+])
+def test_an_empty_sample_set_is_refused_with_the_fix(measure):
+    model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="at least one sample"):
+        measure(model, torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))

@@ -46,6 +46,9 @@ def _measuring(model: nn.Module) -> Iterator[None]:
 
 
 def _chunks(n: int, batch_size: Optional[int]) -> List[Tuple[int, int]]:
+    """``(start, end)`` of each chunk of ``batch_size`` (all ``n`` at once if None)."""
+    if n < 1:
+        raise ValueError("x has no samples: the mean loss over an empty set is undefined; pass at least one sample")
     b = n if not batch_size else max(1, int(batch_size))
     return [(s, min(s + b, n)) for s in range(0, n, b)]
 
@@ -67,8 +70,7 @@ def hessian_vector_product(model: nn.Module, x: Tensor, y: Tensor, vec: Sequence
         hv = torch.autograd.grad(dot, params)
         w = (e - s) / n
         out = [w * h for h in hv] if out is None else [o + w * h for o, h in zip(out, hv)]
-    assert out is not None
-    return [o.detach() for o in out]
+    return [o.detach() for o in out]  # type: ignore[union-attr]  # _chunks yields at least one chunk
 
 
 def _norm(vs: Sequence[Tensor]) -> Tensor:
@@ -138,8 +140,7 @@ def loss_and_grad(model: nn.Module, x: Tensor, y: Tensor, *, loss_fn: LossFn = _
         g = torch.autograd.grad(loss, params)
         total += float(loss.detach())
         grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
-    assert grads is not None
-    return total, [g.detach() for g in grads]
+    return total, [g.detach() for g in grads]  # type: ignore[union-attr]  # at least one chunk
 
 
 def _mean_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, batch_size: Optional[int]) -> float:
