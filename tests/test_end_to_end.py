@@ -42,8 +42,8 @@ def test_identical_training_until_first_exclusion(runs):
     assert base.epochs[first + 2]["train_loss"] != ies.epochs[first + 2]["train_loss"]
 
 
-def test_scoring_pass_measures_exactly_the_excluded(runs):
+def test_probe_pass_measures_exactly_the_excluded(runs):
     _, ies = runs
     for r in ies.epochs:
-        assert r["scored"] == r["excluded"]
+        assert r["probed"] == r["excluded"]
         assert r["backpropagated"] == r["active"]

@@ -32,12 +32,12 @@ def test_compare_writes_report(compared):
     assert {"torch_version", "python_version", "ies_version", "platform"} <= set(meta["environment"])
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     for col in ("train_loss", "test_loss", "test_acc", "active", "excluded", "newly_excluded", "reincluded",
-                "backprop_saved", "train_seconds", "score_seconds"):
+                "backprop_saved", "train_seconds", "probe_seconds", "probe_share"):
         assert col in header, col
     assert len((run / "metrics.csv").read_text().splitlines()) == 3
     assert (run / "per_sample.npz").exists()
     md = (compared / "summary.md").read_text()
-    assert "| none |" in md and "| ies |" in md and "scoring pass" in md
+    assert "| none |" in md and "| ies |" in md and "probe pass" in md
     rows = json.loads((compared / "comparison.json").read_text())["rows"]
     assert {r["label"] for r in rows} == {"none", "ies"}
     assert all(r["seeds"] == [0, 1] for r in rows)

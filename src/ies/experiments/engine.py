@@ -3,14 +3,19 @@
 Fairness between methods: the same seed gives the same initial weights and the same
 data order (a permutation seeded ``seed + epoch``, filtered to the samples a method
 trains, so survivors keep their relative order). Training wall time counts the training
-loop and the forward-only scoring pass, never test or validation evaluation.
+loop and the forward-only probe pass, never test or validation evaluation.
 Test data is never augmented.
+
+A run can be checkpointed after every epoch (:func:`run_training`'s ``on_checkpoint``)
+and continued from such a checkpoint (``resume``); on CPU the continued run's metrics
+equal an uninterrupted run's exactly, wall-time columns aside.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -19,13 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..policies import SelectionPolicy, build_policy
+from ..probing import probe_losses
 from ..sampler import active_order
 from .augment import BatchAugment
 from .config import RunConfig
 from .data import TensorData, load_dataset
 from .models import build_model
 
-__all__ = ["EngineCallback", "EpochContext", "RunResult", "run_training", "build_optimizer", "evaluate", "per_sample_losses", "model_for_data"]
+__all__ = ["EngineCallback", "EpochContext", "RunResult", "TrainingDiverged", "run_training", "check_run",
+           "load_run_data", "build_optimizer", "evaluate", "per_sample_losses", "model_for_data", "summarize",
+           "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint's keys change
+
+
+class TrainingDiverged(RuntimeError):
+    """Every training loss of an epoch was NaN or infinite (and ``allow_nonfinite`` was off)."""
 
 
 @dataclass
@@ -89,6 +103,10 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> Tuple[torch.optim.Optim
     return opt, lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / e))  # "sgd": cosine
 
 
+def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(out, y, reduction="none")
+
+
 def per_sample_losses(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tuple[Tensor, Tensor]:
     """Forward-only losses and correctness ``(M,)`` in eval mode, batched."""
     was = model.training
@@ -97,7 +115,7 @@ def per_sample_losses(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -
     with torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
             out = model(x[s : s + batch_size])
-            losses.append(F.cross_entropy(out, y[s : s + batch_size], reduction="none"))
+            losses.append(_cross_entropy(out, y[s : s + batch_size]))
             correct.append(out.argmax(1) == y[s : s + batch_size])
     model.train(was)
     if not losses:
@@ -118,6 +136,188 @@ def model_for_data(cfg: RunConfig, data: TensorData) -> nn.Module:
     return build_model(cfg.model, num_classes=data.num_classes, input_length=x.shape[-1])
 
 
+def load_run_data(cfg: RunConfig) -> TensorData:
+    """The dataset ``cfg`` names, at its sizes and split."""
+    return load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_size=cfg.train_size,
+                        val_fraction=cfg.val_fraction, data_seed=cfg.data_seed)
+
+
+@dataclass
+class _Run:
+    """The live state of one run (built by :func:`_setup`)."""
+
+    cfg: RunConfig
+    data: TensorData
+    dev: torch.device
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    lr_factor: Callable[[int], float]
+    base_lrs: List[float]
+    policy: SelectionPolicy
+    aug: Optional[BatchAugment]
+    tensors: Dict[str, Optional[Tensor]]  # x/y of train, test, val on the device
+    rows: List[Dict[str, Any]] = field(default_factory=list)
+    train_total: float = 0.0
+    probe_total: float = 0.0
+
+
+def _setup(cfg: RunConfig, data: TensorData) -> _Run:
+    """Model, optimizer, policy and device tensors; every mismatch is a ``ValueError`` here, before training."""
+    dev = torch.device(cfg.device)  # RunConfig.validate has checked it exists
+    torch.manual_seed(cfg.seed)  # same seed -> same initial weights for every method
+    model = model_for_data(cfg, data).to(dev)
+    example = data.x_train[:2].to(dev)
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except RuntimeError as e:
+        raise ValueError(f"model {cfg.model!r} cannot take {cfg.dataset} inputs of shape {tuple(example.shape[1:])} "
+                         f"({str(e).splitlines()[0]}); pick a model made for this dataset (`ies list`)") from None
+    model.train()  # an eval-mode forward without grad draws no random numbers and changes no weight
+    opt, lr_factor = build_optimizer(cfg, model)
+    policy = build_policy(cfg.method, len(data), total_epochs=cfg.epochs, seed=cfg.seed, **cfg.method_params)
+    policy.check_model(model, example)
+    has_val = data.x_val is not None and data.x_val.shape[0] > 0
+    tensors = {
+        "xtr": data.x_train.to(dev), "ytr": data.y_train.to(dev), "xte": data.x_test.to(dev),
+        "yte": data.y_test.to(dev), "xva": data.x_val.to(dev) if has_val else None,
+        "yva": data.y_val.to(dev) if has_val else None,
+    }
+    aug = BatchAugment(seed=cfg.seed) if (cfg.augment and data.image) else None
+    return _Run(cfg, data, dev, model, opt, lr_factor, [g["lr"] for g in opt.param_groups], policy, aug, tensors)
+
+
+def check_run(cfg: RunConfig, data: Optional[TensorData] = None) -> TensorData:
+    """Validate ``cfg`` against its data before any training (``ValueError`` naming the fix); returns the data."""
+    cfg = cfg.resolved()
+    data = load_run_data(cfg) if data is None else data
+    run = _setup(cfg, data)
+    if run.tensors["xva"] is None:  # a method that watches validation accuracy says so when an epoch closes
+        with warnings.catch_warnings():  # a throwaway policy closing an empty epoch: its warnings mean nothing
+            warnings.simplefilter("ignore")
+            run.policy.close_epoch(val_accuracy=None)
+    return data
+
+
+def _train_epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> Dict[str, Any]:
+    """One pass over the samples the method trains; the sums stay on the device until the end."""
+    cfg, model, policy, opt, dev = run.cfg, run.model, run.policy, run.opt, run.dev
+    xtr, ytr = run.tensors["xtr"], run.tensors["ytr"]
+    model.train()
+    order = active_order(policy.train_mask(), epoch=epoch, seed=cfg.seed).to(dev)
+    loss_sum, correct, finite = (torch.zeros((), device=dev) for _ in range(3))
+    seen = 0
+    for s in range(0, order.numel(), cfg.batch_size):
+        idx = order[s : s + cfg.batch_size]
+        x, y = xtr[idx], ytr[idx]
+        if run.aug is not None:
+            x = run.aug(x)
+        x = policy.transform_inputs(x)
+        if policy.needs_selection_pass:  # Selective Backprop: forward all, backprop a subset
+            model.eval()
+            with torch.no_grad():
+                sel_losses = _cross_entropy(model(x), y)
+            model.train()
+            keep = policy.select(idx, sel_losses)
+            policy.record(idx, sel_losses, backpropagated=int(keep.sum()), forward_only=idx.numel())
+            idx, x, y = idx[keep], x[keep], y[keep]
+            if idx.numel() == 0:
+                continue
+        out = model(x)
+        losses = _cross_entropy(out, y)
+        w = policy.batch_weights(idx)
+        loss = (losses * w.to(losses)).mean() if w is not None else losses.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for cb in callbacks:
+            cb.after_backward(model, idx, losses.detach())
+        opt.step()
+        if not policy.needs_selection_pass:
+            policy.record(idx, losses)
+        loss_sum += losses.detach().sum()
+        finite += torch.isfinite(losses.detach()).sum()
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += idx.numel()
+    return {"loss_sum": float(loss_sum), "correct": float(correct), "finite": int(finite), "seen": seen}
+
+
+def _probe(run: _Run) -> None:
+    """Forward-only losses of the samples the method asks about (counted in wall time)."""
+    idx = run.policy.indices_to_probe()
+    if idx.numel():
+        t0 = time.perf_counter()
+        losses = probe_losses(run.model, (run.tensors["xtr"], run.tensors["ytr"]), idx, _cross_entropy,
+                              batch_size=run.cfg.score_batch_size)
+        run.policy.record_probe(idx, losses.cpu(), seconds=time.perf_counter() - t0)
+
+
+def _epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> Dict[str, Any]:
+    """Train, probe, evaluate and close epoch ``epoch`` (0-based); returns its metrics row."""
+    factor = run.lr_factor(epoch)
+    for g, lr0 in zip(run.opt.param_groups, run.base_lrs):
+        g["lr"] = lr0 * factor
+    t0 = time.perf_counter()
+    tr = _train_epoch(run, epoch, callbacks)
+    t1 = time.perf_counter()
+    _probe(run)
+    t2 = time.perf_counter()
+    run.train_total += t1 - t0
+    run.probe_total += t2 - t1
+    t = run.tensors
+    test_loss, test_acc = evaluate(run.model, t["xte"], t["yte"], run.cfg.eval_batch_size)  # not timed
+    val_acc = evaluate(run.model, t["xva"], t["yva"], run.cfg.eval_batch_size)[1] if t["xva"] is not None else None
+    stats = run.policy.close_epoch(val_accuracy=val_acc)
+    seen, wall = max(tr["seen"], 1), run.train_total + run.probe_total
+    row = {
+        "epoch": epoch + 1, "lr": run.opt.param_groups[0]["lr"],
+        "train_loss": tr["loss_sum"] / seen, "train_acc": 100.0 * tr["correct"] / seen,
+        "test_loss": test_loss, "test_acc": test_acc, "val_acc": val_acc,
+        "active": len(run.data) - stats["excluded"],
+        **{k: v for k, v in stats.items() if k != "epoch"},
+        "train_seconds": t1 - t0, "probe_seconds": t2 - t1, "wall_seconds": wall,
+        "probe_share": run.probe_total / wall if wall > 0 else 0.0,
+        "nonfinite_train_losses": tr["seen"] - tr["finite"],
+    }
+    for cb in callbacks:
+        extra = cb.epoch_end(EpochContext(epoch + 1, run.model, run.data, run.policy, run.cfg, row))
+        if extra:
+            row.update(extra)
+    return row
+
+
+def _state(run: _Run) -> Dict[str, Any]:
+    """A flat checkpoint of everything the next epoch depends on."""
+    return {
+        "format": CHECKPOINT_FORMAT, "config": run.cfg.to_dict(), "epochs_done": len(run.rows),
+        "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "base_lrs": list(run.base_lrs),
+        "policy": run.policy.state_dict(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if run.dev.type == "cuda" else None,
+        "augment_rng": run.aug.generator.get_state() if run.aug is not None else None,
+        "rows": [dict(r) for r in run.rows], "train_seconds": run.train_total, "probe_seconds": run.probe_total,
+    }
+
+
+def _load_state(run: _Run, state: Dict[str, Any]) -> None:
+    """Restore a checkpoint from :func:`_state` (it must come from the same config)."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not an ies checkpoint of format {CHECKPOINT_FORMAT}; start the run again without --resume")
+    if state["config"] != run.cfg.to_dict():
+        diff = sorted(k for k in state["config"] if state["config"][k] != run.cfg.to_dict().get(k))
+        raise ValueError(f"the checkpoint was written by a run with other settings ({', '.join(diff)}); "
+                         "resume with the run's own config")
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.base_lrs = list(state["base_lrs"])
+    run.policy.load_state_dict(state["policy"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if run.aug is not None and state.get("augment_rng") is not None:
+        run.aug.generator.set_state(state["augment_rng"])
+    run.rows = [dict(r) for r in state["rows"]]
+    run.train_total, run.probe_total = float(state["train_seconds"]), float(state["probe_seconds"])
+
+
 def run_training(
     cfg: RunConfig,
     data: Optional[TensorData] = None,
@@ -125,121 +325,50 @@ def run_training(
     on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
     keep_model: bool = False,
     callbacks: Sequence[EngineCallback] = (),
+    on_checkpoint: Optional[Callable[[Dict[str, Any]], None]] = None,
+    resume: Optional[Dict[str, Any]] = None,
+    allow_nonfinite: bool = False,
 ) -> RunResult:
-    """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.method``; one row of metrics per epoch."""
+    """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.method``; one row of metrics per epoch.
+
+    ``on_checkpoint(state)`` gets a checkpoint after every epoch (after ``on_epoch``);
+    ``resume`` is such a state: training continues after its last epoch. An epoch in which
+    every training loss is NaN or infinite raises :class:`TrainingDiverged` unless
+    ``allow_nonfinite``.
+    """
     cfg = cfg.resolved()
-    if data is None:
-        data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_size=cfg.train_size,
-                            val_fraction=cfg.val_fraction, data_seed=cfg.data_seed)
-    dev = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)  # same seed -> same initial weights for every method
-    model = model_for_data(cfg, data).to(dev)
-    opt, lr_factor = build_optimizer(cfg, model)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    n = len(data)
-    policy = build_policy(cfg.method, n, total_epochs=cfg.epochs, seed=cfg.seed, **cfg.method_params)
-    policy.check_model(model, data.x_train[:2].to(dev))
-    xtr, ytr = data.x_train.to(dev), data.y_train.to(dev)
-    xte, yte = data.x_test.to(dev), data.y_test.to(dev)
-    has_val = data.x_val is not None and data.x_val.shape[0] > 0
-    xva = data.x_val.to(dev) if has_val else None
-    yva = data.y_val.to(dev) if has_val else None
-    aug = BatchAugment(seed=cfg.seed) if (cfg.augment and data.image) else None
-    rows: List[Dict[str, Any]] = []
-    train_total = score_total = 0.0
-    for epoch in range(cfg.epochs):
-        factor = lr_factor(epoch)
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * factor
-        model.train()
-        t0 = time.perf_counter()
-        order = active_order(policy.train_mask(), epoch=epoch, seed=cfg.seed).to(dev)
-        loss_sum, correct, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
-        for s in range(0, order.numel(), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            x, y = xtr[idx], ytr[idx]
-            if aug is not None:
-                x = aug(x)
-            x = policy.transform_inputs(x)
-            forward_only = 0
-            if policy.needs_selection_pass:  # Selective Backprop: forward all, backprop a subset
-                model.eval()
-                with torch.no_grad():
-                    sel_losses = F.cross_entropy(model(x), y, reduction="none")
-                model.train()
-                keep = policy.select(idx, sel_losses)
-                policy.record(idx, sel_losses, backpropagated=int(keep.sum()), forward_only=idx.numel())
-                idx, x, y = idx[keep], x[keep], y[keep]
-                if idx.numel() == 0:
-                    continue
-            out = model(x)
-            losses = F.cross_entropy(out, y, reduction="none")
-            w = policy.batch_weights(idx)
-            loss = (losses * w.to(losses)).mean() if w is not None else losses.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for cb in callbacks:
-                cb.after_backward(model, idx, losses.detach())
-            opt.step()
-            if not policy.needs_selection_pass:
-                policy.record(idx, losses)
-            loss_sum += losses.detach().sum()
-            correct += (out.detach().argmax(1) == y).sum()
-            seen += idx.numel()
-        train_s = time.perf_counter() - t0
-        # Forward-only scoring pass for samples the method left out (counted in wall time).
-        t1 = time.perf_counter()
-        sidx = policy.indices_to_score()
-        if sidx.numel():
-            sidx_d = sidx.to(dev)
-            sl, _ = per_sample_losses(model, xtr[sidx_d], ytr[sidx_d], cfg.score_batch_size)
-            policy.record_scores(sidx, sl.cpu())
-        score_s = time.perf_counter() - t1
-        train_total += train_s
-        score_total += score_s
-        # Evaluation: not timed, never augmented.
-        test_loss, test_acc = evaluate(model, xte, yte, cfg.eval_batch_size)
-        val_acc = evaluate(model, xva, yva, cfg.eval_batch_size)[1] if has_val else None
-        stats = policy.end_epoch(val_accuracy=val_acc)
-        row = {
-            "epoch": epoch + 1,
-            "lr": opt.param_groups[0]["lr"],
-            "train_loss": float(loss_sum) / max(seen, 1),
-            "train_acc": 100.0 * float(correct) / max(seen, 1),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "val_acc": val_acc,
-            "active": n - stats["excluded"],
-            **{k: v for k, v in stats.items() if k != "epoch"},
-            "train_seconds": train_s,
-            "score_seconds": score_s,
-            "wall_seconds": train_total + score_total,
-        }
-        for cb in callbacks:
-            extra = cb.epoch_end(EpochContext(epoch + 1, model, data, policy, cfg, row))
-            if extra:
-                row.update(extra)
-        rows.append(row)
+    data = load_run_data(cfg) if data is None else data
+    run = _setup(cfg, data)
+    if resume is not None:
+        _load_state(run, resume)
+    while len(run.rows) < cfg.epochs and not run.policy.stop_training:
+        row = _epoch(run, len(run.rows), callbacks)
+        run.rows.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if policy.stop_training:
-            break
-    summary = summarize(rows, policy, has_val)
+        if on_checkpoint is not None:
+            on_checkpoint(_state(run))
+        if row["nonfinite_train_losses"] == row["backpropagated"] > 0 and not allow_nonfinite:
+            raise TrainingDiverged(
+                f"epoch {row['epoch']}: every training loss was NaN or infinite (lr {cfg.lr}); lower the "
+                "learning rate, or pass --allow-nonfinite to keep training anyway")
+    summary = summarize(run.rows, run.policy, run.tensors["xva"] is not None)
     # The sizes actually trained and tested on (``data`` may be given ready-made, whatever
     # ``cfg.train_size`` says), so a saved run never misreports its data.
-    summary.update(num_train=n, num_val=0 if xva is None else int(xva.shape[0]), num_test=int(xte.shape[0]))
-    per_sample = {}
-    tracker = getattr(policy, "tracker", None)
-    if tracker is not None:
-        per_sample = tracker.per_sample()
-    return RunResult(config=cfg.to_dict(), epochs=rows, summary=summary, per_sample=per_sample,
-                     model=model if keep_model else None, policy=policy)
+    xva = run.tensors["xva"]
+    summary.update(num_train=len(data), num_val=0 if xva is None else int(xva.shape[0]),
+                   num_test=int(run.tensors["xte"].shape[0]))
+    tracker = getattr(run.policy, "tracker", None)
+    per_sample = tracker.per_sample() if tracker is not None else {}
+    return RunResult(config=cfg.to_dict(), epochs=run.rows, summary=summary, per_sample=per_sample,
+                     model=run.model if keep_model else None, policy=run.policy)
 
 
 def summarize(rows: List[Dict[str, Any]], policy: SelectionPolicy, has_val: bool) -> Dict[str, Any]:
     """Headline numbers: final-epoch test accuracy (and the validation-chosen epoch's, if any)."""
     last = rows[-1]
     best_test = max(rows, key=lambda r: r["test_acc"])
+    probe_s = sum(r["probe_seconds"] for r in rows)
     out: Dict[str, Any] = {
         "method": policy.name,
         "final_test_acc": last["test_acc"],
@@ -247,8 +376,10 @@ def summarize(rows: List[Dict[str, Any]], policy: SelectionPolicy, has_val: bool
         "best_test_acc_for_paper_comparison_only": best_test["test_acc"],
         "best_test_epoch": best_test["epoch"],
         "train_seconds": sum(r["train_seconds"] for r in rows),
-        "score_seconds": sum(r["score_seconds"] for r in rows),
+        "probe_seconds": probe_s,
         "wall_seconds": last["wall_seconds"],
+        "probe_share": probe_s / last["wall_seconds"] if last["wall_seconds"] > 0 else 0.0,
+        "reincluded": sum(int(r.get("reincluded") or 0) for r in rows),
         "saving_note": policy.saving_note,
         **policy.summary(),
     }

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-__all__ = ["plot_comparison", "mean_curve"]
+__all__ = ["pyplot", "plot_comparison", "plot_tradeoff", "mean_curve"]
+
+_FAMILY_STYLE = {"random": ("tab:gray", "s"), "infobatch": ("tab:orange", "^"), "none": ("black", "*")}
+_ORDER_COLORS = {0: "tab:purple", 1: "tab:green", 2: "tab:blue", 3: "tab:red"}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (ImportError naming the extra if missing)."""
     try:
         import matplotlib
 
@@ -33,9 +37,9 @@ def mean_curve(runs: List[Dict[str, Any]], key: str) -> tuple:
 
 def plot_comparison(runs: List[Dict[str, Any]], out_dir: Path) -> Dict[str, Path]:
     """Four plots: test accuracy, samples in backprop, cumulative saving (per epoch), accuracy vs wall time."""
-    from .report import run_label
+    from .runs import run_label
 
-    plt = _pyplot()
+    plt = pyplot()
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault(r.get("label") or run_label(r["config"]), []).append(r)
@@ -68,7 +72,7 @@ def plot_comparison(runs: List[Dict[str, Any]], out_dir: Path) -> Dict[str, Path
         _, xs = mean_curve(rs, "wall_seconds")
         _, ys = mean_curve(rs, "test_acc")
         ax.plot(xs, ys, label=label, lw=1.6)
-    ax.set_xlabel("Training wall time (s, training + scoring pass)")
+    ax.set_xlabel("Training wall time (s, training + probe pass)")
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title("Test accuracy vs training wall time")
     ax.grid(alpha=0.3)
@@ -79,3 +83,36 @@ def plot_comparison(runs: List[Dict[str, Any]], out_dir: Path) -> Dict[str, Path
     plt.close(fig)
     out["accuracy_vs_time"] = path
     return out
+
+
+def plot_tradeoff(points: List[Dict[str, Any]], path: Path, title: str) -> Path:
+    """Test accuracy (mean ± std over seeds) against backprop saved, one line per method."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=110)
+    fams: Dict[str, List[Dict[str, Any]]] = {}
+    for p in points:
+        fams.setdefault(p["family"], []).append(p)
+    for fam, ps in fams.items():
+        ps = sorted(ps, key=lambda p: p["backprop_saved"])
+        xs = [100 * p["backprop_saved"] for p in ps]
+        ys = [p["acc_mean"] for p in ps]
+        es = [p["acc_std"] for p in ps]
+        method = ps[0]["method"]
+        if method == "none":
+            ax.axhline(ys[0], color="black", ls="--", lw=1, alpha=0.6)
+            ax.errorbar(xs, ys, yerr=es, color="black", marker="*", ms=11, ls="none", label=fam, capsize=3)
+            continue
+        if method == "ies":
+            color, marker = _ORDER_COLORS.get(ps[0]["params"].get("order", 2), None), "o"
+        else:
+            color, marker = _FAMILY_STYLE.get(method, (None, "o"))
+        ax.errorbar(xs, ys, yerr=es, color=color, marker=marker, lw=1.6, capsize=3, label=fam)
+    ax.set_xlabel("Total backprop saved (%)")
+    ax.set_ylabel("Final test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,128 +1,57 @@
-"""Run folders on disk, and the comparison table built from them.
+"""The comparison table and report built from saved run folders.
 
-A run folder holds ``config.json`` (resolved config + environment), ``metrics.csv``
-(one row per epoch), ``summary.json`` and ``per_sample.npz``. A comparison folder holds
-run folders under ``runs/`` plus ``summary.md``, ``comparison.json`` and PNG plots, all
-rebuilt from the run folders alone by :func:`write_comparison`.
+A comparison folder holds run folders under ``runs/`` (see :mod:`ies.experiments.runs`)
+plus ``summary.md``, ``comparison.json`` and PNG plots, all rebuilt from the run folders
+alone by :func:`write_comparison`. Incomplete runs, and labels with unequal seed counts,
+are refused unless ``include_incomplete`` is set.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import platform
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .engine import RunResult
+from .runs import environment, find_runs, load_run, run_label, save_run
+from .tables import table, write_json
 
 __all__ = ["environment", "save_run", "load_run", "find_runs", "run_label", "aggregate", "format_table",
-           "write_comparison", "TIMING_NOTE"]
+           "write_comparison", "check_complete", "config_line", "TIMING_NOTE"]
 
 TIMING_NOTE = (
-    "Training wall time counts the training loop and the forward-only scoring pass of excluded samples; "
+    "Training wall time counts the training loop and the forward-only probe pass of excluded samples; "
     "test/validation evaluation is not counted. Methods were run alternating, seed by seed, in one process; "
     "speedup is the median over seeds of the per-seed ratio (baseline time / method time). Headline accuracy "
     "is the final epoch's test accuracy (never best-on-test; that figure appears only labelled as such)."
 )
 
 
-def environment() -> Dict[str, Any]:
-    import torch
-
-    from .. import __version__
-
-    return {
-        "ies_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
+def config_line(cfg: Dict[str, Any], env: Dict[str, Any]) -> str:
+    """One sentence naming the data, model, optimizer and software a report's runs used."""
+    return (f"Dataset `{cfg['dataset']}` (train size {cfg.get('train_size') or 'default'}), model `{cfg['model']}`, "
+            f"batch {cfg['batch_size']}, optimizer `{cfg['optimizer']}` lr {cfg['lr']}. "
+            f"ies {env.get('ies_version')}, torch {env.get('torch_version')}, Python {env.get('python_version')}, "
+            f"{env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch thread(s) ({env.get('platform')}).")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _group(runs: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(r.get("label") or run_label(r["config"]), []).append(r)
+    return groups
 
 
-def save_run(result: RunResult, run_dir: os.PathLike, *, extra: Optional[Dict[str, Any]] = None) -> Path:
-    """Write a run folder; returns its path."""
-    d = Path(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = {"config": result.config, "environment": environment(), **(extra or {})}
-    _atomic_write(d / "config.json", json.dumps(cfg, indent=2, default=str))
-    if result.epochs:
-        keys = list(result.epochs[0].keys())
-        for row in result.epochs[1:]:
-            keys += [k for k in row if k not in keys]
-        tmp = d / "metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            for row in result.epochs:
-                w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-        os.replace(tmp, d / "metrics.csv")
-    _atomic_write(d / "summary.json", json.dumps(result.summary, indent=2, default=str))
-    if result.per_sample:
-        import numpy as np
-
-        np.savez(d / "per_sample.npz", **{k: v.numpy() for k, v in result.per_sample.items()})
-    return d
-
-
-def _num(v: str) -> Any:
-    if v == "":
-        return None
-    try:
-        f = float(v)
-    except ValueError:
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-
-
-def load_run(run_dir: os.PathLike) -> Dict[str, Any]:
-    """Read a run folder back: ``{"dir", "config", "environment", "summary", "epochs"}``."""
-    d = Path(run_dir)
-    missing = [f for f in ("config.json", "summary.json", "metrics.csv") if not (d / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{d} is not a complete run folder (missing {', '.join(missing)}); "
-                                "pass folders written by `ies train` or `ies compare`")
-    meta = json.loads((d / "config.json").read_text())
-    with open(d / "metrics.csv", newline="") as f:
-        epochs = [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return {"dir": str(d), "config": meta["config"], "environment": meta.get("environment", {}),
-            "label": meta.get("label"), "summary": json.loads((d / "summary.json").read_text()), "epochs": epochs}
-
-
-def find_runs(paths: Sequence[os.PathLike]) -> List[Path]:
-    """Run folders in ``paths``: each is a run folder or contains run folders (searched recursively)."""
-    out: List[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"{p} does not exist")
-        if (p / "summary.json").exists() and (p / "config.json").exists():
-            out.append(p)
-        else:
-            out += sorted(q.parent for q in p.rglob("summary.json") if (q.parent / "config.json").exists())
-    if not out:
-        raise FileNotFoundError(f"no run folders (with config.json and summary.json) under {', '.join(map(str, paths))}")
-    return out
-
-
-def run_label(config: Dict[str, Any]) -> str:
-    """``method`` or ``method(k=v, ...)`` from a run's config."""
-    params = config.get("method_params") or {}
-    if not params:
-        return config["method"]
-    return f"{config['method']}(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+def check_complete(runs: List[Dict[str, Any]]) -> None:
+    """``ValueError`` if a run is not complete or the labels have unequal seed counts."""
+    bad = [f"{r['dir']} ({r['status']})" for r in runs if r["status"] != "complete"]
+    if bad:
+        raise ValueError(f"{len(bad)} run(s) are not complete: {'; '.join(bad)}. Finish them (rerun the command "
+                         "with --resume) or pass --include-incomplete to report their epochs so far")
+    counts = {label: len(rs) for label, rs in _group(runs).items()}
+    if len(set(counts.values())) > 1:
+        raise ValueError("unequal seed counts (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "); "
+                         "finish the missing runs with --resume, or pass --include-incomplete to compare anyway")
 
 
 def _mean_std(xs: List[float]) -> tuple:
@@ -133,9 +62,7 @@ def _mean_std(xs: List[float]) -> tuple:
 
 def aggregate(runs: List[Dict[str, Any]], baseline: Optional[str] = None) -> List[Dict[str, Any]]:
     """One row per label: accuracy mean ± std over seeds, savings, wall time and speedup vs ``baseline``."""
-    groups: Dict[str, List[Dict[str, Any]]] = {}
-    for r in runs:
-        groups.setdefault(r.get("label") or run_label(r["config"]), []).append(r)
+    groups = _group([r for r in runs if r["summary"] is not None])  # a run with no epoch done has nothing to add
     if baseline is None:
         baseline = "none" if "none" in groups else next(iter(groups))
     base_wall = {r["config"]["seed"]: r["summary"]["wall_seconds"] for r in groups.get(baseline, [])}
@@ -180,41 +107,37 @@ def format_table(rows: List[Dict[str, Any]], markdown: bool = False) -> str:
             "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
             str(len(r["seeds"])),
         ])
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(b) + " |" for b in body]
-        return "\n".join(lines)
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*b) for b in body])
+    return table(head, body, markdown=markdown)
 
 
 def write_comparison(run_dirs: Sequence[os.PathLike], out_dir: os.PathLike, *, baseline: Optional[str] = None,
-                     title: str = "IES comparison", command: Optional[str] = None) -> Dict[str, Any]:
-    """(Re)build ``summary.md``, ``comparison.json`` and the plots from saved run folders."""
+                     title: str = "IES comparison", command: Optional[str] = None,
+                     include_incomplete: bool = False) -> Dict[str, Any]:
+    """(Re)build ``summary.md``, ``comparison.json`` and the plots from saved run folders.
+
+    Refuses (``ValueError``) incomplete runs and unequal seed counts unless ``include_incomplete``.
+    """
     from .plots import plot_comparison
 
     runs = [load_run(d) for d in run_dirs]
+    if not include_incomplete:
+        check_complete(runs)
+    runs = [r for r in runs if r["summary"] is not None]
+    if not runs:
+        raise ValueError("none of the runs has finished an epoch; nothing to report")
     rows = aggregate(runs, baseline)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_comparison(runs, out)
-    cfg0 = runs[0]["config"]
-    env = runs[0]["environment"]
+    cfg0, env = runs[0]["config"], runs[0]["environment"]
     lines = [f"# {title}", ""]
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
-    lines += [
-        f"Dataset `{cfg0['dataset']}` (train size {cfg0.get('train_size') or 'default'}), model `{cfg0['model']}`, "
-        f"{cfg0['epochs']} epochs, batch {cfg0['batch_size']}, optimizer `{cfg0['optimizer']}` lr {cfg0['lr']}. "
-        f"ies {env.get('ies_version')}, torch {env.get('torch_version')}, Python {env.get('python_version')}, "
-        f"{env.get('cpu_count')} CPUs ({env.get('platform')}).",
-        "",
-        format_table(rows, markdown=True),
-        "",
-        TIMING_NOTE,
-        "",
-    ]
+    lines += [config_line(cfg0, env) + f" {cfg0['epochs']} epochs.", "", format_table(rows, markdown=True), "",
+              TIMING_NOTE, ""]
+    partial = [r["dir"] for r in runs if r["status"] != "complete"]
+    if partial:
+        lines += [f"Incomplete runs included (their last epoch stands for the final one): {', '.join(partial)}", ""]
     notes = {r["label"]: r["saving_note"] for r in rows if r["saving_note"]}
     if notes:
         lines += ["How each method's saving is counted:", ""] + [f"- `{k}`: {v}" for k, v in notes.items()] + [""]
@@ -226,5 +149,5 @@ def write_comparison(run_dirs: Sequence[os.PathLike], out_dir: os.PathLike, *, b
     (out / "summary.md").write_text("\n".join(lines))
     payload = {"rows": rows, "runs": [r["dir"] for r in runs], "plots": {k: str(v) for k, v in plots.items()},
                "command": command}
-    _atomic_write(out / "comparison.json", json.dumps(payload, indent=2, default=str))
+    write_json(out / "comparison.json", payload)
     return payload

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ies import cli
-from ies.experiments.tradeoff import calibrate, tradeoff_specs
+from ies.experiments.budget import calibrate
+from ies.experiments.tradeoff import tradeoff_specs
 
 TINY = ["--train-size", "100", "--batch-size", "32", "--seeds", "1", "--quiet"]
 
