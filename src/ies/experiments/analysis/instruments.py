@@ -1,9 +1,9 @@
 """Engine callbacks that measure what the analyses need, outside the timed regions where possible.
 
 * :class:`LossProbe`: after each epoch, forward-only losses of *all* training samples
-  (eval mode, untimed), fed to one extra :class:`~ies.tracker.InstanceEarlyStopping`
-  tracker per difference order. Adds ``mastered_o{k}`` (samples meeting the criterion
-  with threshold ``delta``), ``cv_diff_o{k}`` (coefficient of variation across samples of
+  (eval mode, untimed) and the order-k criterion on them (the tracker's pure function; no
+  tracker, since nothing is excluded from measurement). Adds ``mastered_o{k}`` (samples
+  meeting the criterion with threshold ``delta``), ``cv_diff_o{k}`` (coefficient of variation across samples of
   ``|k-th difference|`` of the latest losses), ``cv_score_o{k}`` (the same for the
   criterion's moving average) and the full-set training loss / accuracy. Optionally keeps
   every epoch's per-sample losses in memory (forgetting analysis).
@@ -20,8 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...criterion import kth_difference
-from ...tracker import InstanceEarlyStopping
+from ...criterion import column_criterion, history_length, kth_difference
 from ..engine import EngineCallback, EpochContext, per_sample_losses
 from ..sharpness import hessian_top_eigenvalue, sam_value
 
@@ -45,11 +44,13 @@ def _device(model: nn.Module) -> torch.device:
 
 
 class LossProbe(EngineCallback):
-    """Full-training-set losses after every epoch, and per-order mastery trackers fed with them.
+    """Full-training-set losses after every epoch, and the order-k criterion computed on them.
 
-    The trackers see the same loss for every sample every epoch (nothing is excluded from
-    *measurement*), so their counts answer "how many samples meet the order-k criterion
-    now", independent of what the training method does.
+    Every sample gets a loss every epoch (nothing is excluded from *measurement*), so the
+    counts answer "how many samples meet the order-k criterion now", independent of what
+    the training method does. The criterion is the pure function the tracker uses
+    (:func:`ies.criterion.column_criterion`) on the last ``history_length(k, window, m)``
+    loss vectors.
     """
 
     def __init__(self, orders: Sequence[int] = (0, 1, 2, 3), *, threshold: float = 1e-3, window: int = 3,
@@ -58,39 +59,40 @@ class LossProbe(EngineCallback):
         self.threshold, self.window, self.m = float(threshold), int(window), int(m)
         self.keep_losses = keep_losses
         self.batch_size = int(batch_size)
-        self.trackers: Dict[int, InstanceEarlyStopping] = {}
-        self.recent: List[Tensor] = []  # last (max order + 1) loss vectors
+        self._keep = max([history_length(k, self.window, self.m) for k in self.orders] + [1])
+        self.recent: List[Tensor] = []  # the last ``_keep`` loss vectors (N,), oldest first
+        self.epochs_seen = 0
         self.losses: List[Tensor] = []  # per epoch (N,) if keep_losses
         self.correct: List[Tensor] = []
+
+    def _order_stats(self, k: int, n: int) -> Dict[str, Any]:
+        h = history_length(k, self.window, self.m)
+        count = torch.full((n,), self.epochs_seen, dtype=torch.int32)
+        crit = (column_criterion(self.recent[-h:], count, order=k, window=self.window, m=self.m)
+                if len(self.recent) >= h else torch.full((n,), float("inf")))  # (N,), inf: not judged yet
+        row: Dict[str, Any] = {f"mastered_o{k}": int((crit < self.threshold).sum()),
+                               f"cv_score_o{k}": coefficient_of_variation(crit),
+                               f"cv_diff_o{k}": None, f"mean_absdiff_o{k}": None}
+        if len(self.recent) >= k + 1:
+            a = kth_difference(torch.stack(self.recent[-(k + 1):], dim=1), k).abs().reshape(n)  # (N,)
+            row[f"cv_diff_o{k}"] = coefficient_of_variation(a)
+            row[f"mean_absdiff_o{k}"] = float(a[torch.isfinite(a)].mean())
+        return row
 
     def epoch_end(self, ctx: EpochContext) -> Optional[Dict[str, Any]]:
         dev = _device(ctx.model)
         losses, correct = per_sample_losses(ctx.model, ctx.data.x_train.to(dev), ctx.data.y_train.to(dev),
                                             self.batch_size)
         losses, correct = losses.detach().float().cpu(), correct.cpu()
-        n = losses.numel()
         row: Dict[str, Any] = {"full_train_loss": float(losses.mean()),
                                "full_train_acc": 100.0 * float(correct.float().mean())}
         if self.keep_losses:
             self.losses.append(losses.clone())
             self.correct.append(correct.clone())
-        self.recent = (self.recent + [losses])[-(max(self.orders, default=0) + 1):]
-        idx = torch.arange(n)
+        self.recent = (self.recent + [losses])[-self._keep:]
+        self.epochs_seen += 1
         for k in self.orders:
-            t = self.trackers.get(k)
-            if t is None:
-                t = self.trackers[k] = InstanceEarlyStopping(n, self.threshold, k, self.window, self.m)
-            t.record_scores(idx, losses)
-            row[f"mastered_o{k}"] = t.step().mastered
-            row[f"cv_score_o{k}"] = coefficient_of_variation(t.scores())
-            if len(self.recent) >= k + 1:
-                h = torch.stack(self.recent[-(k + 1):], dim=1)  # (N, k+1), newest last
-                a = kth_difference(h, k).abs().reshape(n)  # (N,)
-                row[f"cv_diff_o{k}"] = coefficient_of_variation(a)
-                row[f"mean_absdiff_o{k}"] = float(a[torch.isfinite(a)].mean())
-            else:
-                row[f"cv_diff_o{k}"] = None
-                row[f"mean_absdiff_o{k}"] = None
+            row.update(self._order_stats(k, losses.numel()))
         return row
 
 
