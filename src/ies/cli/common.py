@@ -13,20 +13,23 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 __all__ = ["CLIError", "user_errors", "parse_method_spec", "parse_method_specs", "positive_int", "add_run_args",
            "resolve_config", "prepare_out", "make_progress", "progress_factory", "log", "number_list", "name_list"]
 
-_CONFIG_FLAGS = {  # flag -> (RunConfig field, type, help)
-    "--dataset": ("dataset", str, "mnist1d (default, generated locally), fashion-mnist, cifar10, cifar100"),
-    "--data-dir": ("data_dir", str, "folder with the dataset files (fashion-mnist IDX, CIFAR python pickles)"),
-    "--train-size": ("train_size", int, "number of training samples (mnist1d default 10000, with a quarter as many test samples)"),
-    "--val-fraction": ("val_fraction", float, "held-out validation split carved from training data (0 = none)"),
-    "--model": ("model", str, "model name (default: the dataset's; see `ies list`)"),
-    "--epochs": ("epochs", int, "epochs to train"),
-    "--batch-size": ("batch_size", int, "training batch size"),
-    "--optimizer": ("optimizer", str, "sgd-f, sgd-l, sgd-m, sgd-e, sgd, adam, adamw (the paper's settings), adam-cos (see `ies list`)"),
-    "--lr": ("lr", float, "learning rate (default: the optimizer's)"),
-    "--weight-decay": ("weight_decay", float, "weight decay"),
-    "--device": ("device", str, "cpu or cuda"),
-    "--score-batch-size": ("score_batch_size", int, "batch size of the forward-only probe pass"),
-}
+# flag, its RunConfig field, type and help: one per line, parsed once below
+_FLAG_TABLE = """
+--dataset          dataset          str   mnist1d (default, generated locally), fashion-mnist, cifar10, cifar100
+--data-dir         data_dir         str   folder with the dataset files (fashion-mnist IDX, CIFAR python pickles)
+--train-size       train_size       int   number of training samples (mnist1d default 10000, with a quarter as many test samples)
+--val-fraction     val_fraction     float held-out validation split carved from training data (0 = none)
+--model            model            str   model name (default: the dataset's; see `ies list`)
+--epochs           epochs           int   epochs to train
+--batch-size       batch_size       int   training batch size
+--optimizer        optimizer        str   sgd-f, sgd-l, sgd-m, sgd-e, sgd, adam, adamw (the paper's settings), adam-cos (see `ies list`)
+--lr               lr               float learning rate (default: the optimizer's)
+--weight-decay     weight_decay     float weight decay
+--device           device           str   cpu or cuda
+--score-batch-size score_batch_size int   batch size of the forward-only probe pass
+"""
+_CONFIG_FLAGS = {flag: (dest, {"str": str, "int": int, "float": float}[typ], hlp)
+                 for flag, dest, typ, hlp in (ln.split(None, 3) for ln in _FLAG_TABLE.strip().splitlines())}
 
 
 class CLIError(Exception):
