@@ -22,9 +22,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import math
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -151,21 +150,23 @@ def select_most_stable(values: Tensor, k: int, cap: Optional[float] = None) -> T
     return chosen & eligible
 
 
-def exclusion_quota(target: float, num_samples: int, plan_epochs: int, epochs_done: int, saved: float) -> int:
+def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_done: int, saved: float,
+                    plan_epochs: Optional[int] = None) -> int:
     """How many samples to exclude next epoch to land the run's saving on ``target``.
 
-    ``saved`` is the backprop sample-epochs saved so far (``N * epochs_done - backprop``),
-    ``plan_epochs`` the epochs over which exclusion is possible (the run, less annealing).
-    The remaining saving is spread evenly over the remaining epochs, rounded up, so a
-    shortfall (early epochs in which no sample has a full history) is caught up later and
-    the last epoch lands within one sample of the target.
+    The run must save ``target * N * total_epochs`` backprop sample-epochs; ``saved`` is what
+    it has saved so far (``N * epochs_done - backprop``). Exclusion is possible until
+    ``plan_epochs`` (default ``total_epochs``; earlier with full-data annealing). The remaining
+    saving is spread evenly over the remaining epochs, rounded up, so a shortfall (early
+    epochs in which no sample has a full history) is caught up later and the last epoch
+    lands within one sample of the target.
 
     Example:
         >>> exclusion_quota(0.4, 100, 10, 5, 0.0)   # 400 to save in 5 epochs
         80
     """
-    left = plan_epochs - epochs_done
+    left = (total_epochs if plan_epochs is None else plan_epochs) - epochs_done
     if left <= 0:
         return 0
-    remaining = target * num_samples * plan_epochs - saved
+    remaining = target * num_samples * total_epochs - saved
     return max(0, min(num_samples, math.ceil(remaining / left - 1e-9)))

@@ -102,7 +102,7 @@ class IES:
         check_record(indices, losses)
         dev = self.device
         idx = indices if (indices.dtype == torch.int64 and indices.device == dev) else indices.to(dev, torch.int64, non_blocking=True)
-        val = losses.detach()
+        val = losses.detach() if losses.requires_grad else losses
         if val.dtype != torch.float32 or val.device != dev:
             val = val.to(dev, torch.float32, non_blocking=True)
         b = idx.shape[0]
@@ -115,15 +115,15 @@ class IES:
         if ar is None:
             ar = self._aranges[b] = torch.arange(b, dtype=torch.int32, device=dev)
             self._ones[b] = torch.ones(b, dtype=torch.int16, device=dev)
-        lo, hi = torch.aminmax(idx)
-        if dev.type == "cpu":  # free to check now: fail at the bad call, before writing
-            if int(lo) < 0 or int(hi) >= self.num_samples:
-                raise ValueError(self._record_error(idx))
-            if b > 1:
+        if dev.type == "cpu":  # free to check now: fail at the bad call, before writing any state
+            try:  # the scatter itself checks the range (the stamp is scratch)
                 self._stamp.scatter_(0, idx, ar)
-                if not torch.equal(self._stamp.index_select(0, idx), ar):
-                    raise ValueError(self._record_error(idx))
+            except RuntimeError:
+                raise ValueError(self._record_error(idx)) from None
+            if b > 1 and not torch.equal(self._stamp.index_select(0, idx), ar):
+                raise ValueError(self._record_error(idx))
         else:  # one host sync per epoch: checked in step()
+            lo, hi = torch.aminmax(idx)
             idx = idx.clamp(0, self.num_samples - 1)
             self._stamp.scatter_(0, idx, ar)
             self._bad_record |= (lo < 0) | (hi >= self.num_samples) | (self._stamp.index_select(0, idx) != ar).any()
@@ -147,11 +147,14 @@ class IES:
         ``backpropagated``: how many of them are backpropagated (default: all).
         """
         self._write(indices, losses, self.train_records)
-        b = int(losses.shape[0])
-        k = b if backpropagated is None else int(backpropagated)
-        self.books.add("trained", b)
-        self.books.add("backprop", k)
-        self.books.add("forward_only", b - k)  # forwarded in training, not backpropagated
+        b = losses.shape[0]
+        counts = self.books.epoch
+        counts["trained"] += b
+        if backpropagated is None:
+            counts["backprop"] += b
+        else:  # forwarded in training, not all backpropagated
+            counts["backprop"] += int(backpropagated)
+            counts["forward_only"] += b - int(backpropagated)
         return losses
 
     def record_probe(self, indices: Tensor, losses: Tensor, *, seconds: float = 0.0) -> None:
@@ -283,8 +286,8 @@ class IES:
             return values < c.threshold
         done = self.epoch + 1
         t = self.books.total["backprop"] + self.books.epoch["backprop"]
-        plan = c.anneal_start if c.anneal_start is not None else c.total_epochs
-        k = exclusion_quota(c.target_saving, self.num_samples, plan, done, self.num_samples * done - t)
+        k = exclusion_quota(c.target_saving, self.num_samples, c.total_epochs, done, self.num_samples * done - t,
+                            plan_epochs=c.anneal_start)
         return select_most_stable(values, k, c.max_threshold)
 
     def step(self) -> EpochStats:
@@ -299,28 +302,35 @@ class IES:
         # Samples that got a loss shift it in; others keep their history unchanged (paper's code).
         self._commit(got)
         self.count.add_(got)
-        mastered = self._decide(self.criterion())
-        annealing = c.anneal_start is not None and self.epoch + 1 >= c.anneal_start
-        nxt = mastered if (c.removes and not annealing) else torch.zeros_like(mastered)
         was = self.excluded
-        newly, back = nxt & ~was, was & ~nxt
-        if c.probe_backoff:
-            self.probe_interval, self.probe_due = backoff_next(
-                self.probe_interval, self.probe_due, probed, was & nxt, newly, self.epoch,
-                first=c.probe_every, cap=c.probe_max_interval)
-        self.times_excluded.add_(nxt)
-        self.times_reincluded.add_(back)
-        self.first_mastered.masked_fill_(nxt & (self.first_mastered < 0), self.epoch + 1)
-        counts = torch.stack([  # the one host sync of the epoch
-            was.sum(), mastered.sum(), newly.sum(), back.sum(), nxt.sum(), (got & ~torch.isfinite(self.pending)).sum(),
-            ((self.train_records > 1) | (self.probe_records > 1)).sum(), (was & trained).sum(),
-            (~was & ~trained).sum(), got.sum(),
-        ]).tolist()
-        stats = self._close(nxt, *(int(v) for v in counts))
+        annealing = c.anneal_start is not None and self.epoch + 1 >= c.anneal_start
+        if c.removes:  # with no removal the criterion is not needed now (criterion() computes it on demand)
+            mastered = self._decide(self.criterion())
+            nxt = mastered if not annealing else torch.zeros_like(mastered)
+            self._update_counters(was, nxt, probed)
+        else:
+            mastered = nxt = was
+        flags = torch.stack([  # one reduction and the one host sync of the epoch
+            was, mastered, was & nxt, nxt, got & ~torch.isfinite(self.pending),
+            (self.train_records > 1) | (self.probe_records > 1), was & trained, trained, got])
+        n_excl, n_mast, n_both, n_next, n_nonfinite, n_twice, n_while_excl, n_trained, n_got = flags.sum(1).tolist()
+        stats = self._close(nxt, n_excl, n_mast, n_next - n_both, n_excl - n_both, n_next, n_nonfinite, n_twice,
+                            n_while_excl, self.num_samples - n_excl - n_trained + n_while_excl, n_got)
         self.pending.fill_(float("nan"))
         self.train_records.zero_()
         self.probe_records.zero_()
         return stats
+
+    def _update_counters(self, was: Tensor, nxt: Tensor, probed: Tensor) -> None:
+        """Per-sample counters and the back-off schedule, from this epoch's and the next's excluded sets."""
+        c = self.config
+        if c.probe_backoff:
+            self.probe_interval, self.probe_due = backoff_next(
+                self.probe_interval, self.probe_due, probed, was & nxt, nxt & ~was, self.epoch,
+                first=c.probe_every, cap=c.probe_max_interval)
+        self.times_excluded.add_(nxt)
+        self.times_reincluded.add_(was & ~nxt)
+        self.first_mastered.masked_fill_(nxt & (self.first_mastered < 0), self.epoch + 1)
 
     def _close(self, nxt: Tensor, n_excl: int, n_mast: int, n_new: int, n_back: int, n_next: int, n_nonfinite: int,
                n_twice: int, n_while_excl: int, n_unrec: int, n_got: int) -> EpochStats:

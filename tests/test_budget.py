@@ -1,0 +1,170 @@
+"""Target mode: the controller's arithmetic on synthetic losses (hits targets, ties, catch-up,
+history, cap) and resume; the pure quota and selection functions as tables."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ies import IES
+from ies.criterion import exclusion_quota, history_length, select_most_stable
+
+N, E = 200, 30
+
+
+def synthetic_loss(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Per-sample losses whose stability differs by sample: low indices settle fast, high ones wobble."""
+    i = idx.double()
+    settle = torch.exp(-epoch * (0.05 + i / N))  # decays faster for larger i ...
+    wobble = 0.02 * (i % 7) * torch.cos(torch.tensor(1.7 * epoch)) * (i % 3 == 0)  # ... but some oscillate
+    return (0.5 + settle + wobble).float()
+
+
+def run(tracker: IES, epochs: range, log: list) -> None:
+    for e in epochs:
+        act = tracker.active_indices()
+        for s in range(0, act.numel(), 32):
+            b = act[s : s + 32]
+            tracker.record(b, synthetic_loss(b, e))
+        idx = tracker.indices_to_probe()
+        if idx.numel():
+            tracker.record_probe(idx, synthetic_loss(idx, e))
+        log.append(tracker.step())
+
+
+@pytest.mark.parametrize("target", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+def test_target_is_hit_within_one_sample(target: float) -> None:
+    tr = IES(N, target_saving=target, total_epochs=E)
+    log: list = []
+    run(tr, range(E), log)
+    saved = N * E - tr.books.total["backprop"]
+    assert abs(saved - target * N * E) <= 1, (saved, target * N * E)
+    assert log[-1].backprop_saved == pytest.approx(target, abs=1 / (N * E))
+    h = history_length(2, 3, 1)
+    assert all(s.excluded == 0 for s in log[:h])  # nobody has a full history before epoch H
+
+
+def test_catches_up_after_the_epochs_nobody_can_be_judged() -> None:
+    tr = IES(N, target_saving=0.3, total_epochs=E)
+    log: list = []
+    run(tr, range(E), log)
+    h = history_length(2, 3, 1)
+    # the whole saving is made in the E - H epochs that can exclude: more than 30% each epoch
+    per_epoch = [s.excluded for s in log[h:]]
+    assert min(per_epoch) >= 0.3 * N and max(per_epoch) - min(per_epoch) <= 1  # spread evenly
+    assert sum(per_epoch) == pytest.approx(0.3 * N * E, abs=1)
+
+
+def test_never_excludes_a_sample_without_a_full_history() -> None:
+    """Samples 0-49 are never trained (no loss): even a quota larger than the rest leaves them in."""
+    n = 100
+    tr = IES(n, target_saving=0.8, total_epochs=12)
+    for e in range(12):
+        act = tr.active_indices()
+        act = act[act >= 50]
+        if act.numel():
+            tr.record(act, torch.ones(act.numel()))
+        idx = tr.indices_to_probe()
+        idx = idx[idx >= 50]
+        if idx.numel():
+            tr.record_probe(idx, torch.ones(idx.numel()))
+        tr.step()
+        assert not tr.excluded[:50].any()
+
+
+def test_ties_go_to_the_lowest_index_and_reranking_each_epoch_is_deterministic() -> None:
+    a, b = IES(10, target_saving=0.3, total_epochs=10), IES(10, target_saving=0.3, total_epochs=10)
+    for e in range(10):
+        for t in (a, b):
+            act = t.active_indices()
+            t.record(act, torch.ones(act.numel()))  # every criterion is 0: all tied
+            idx = t.indices_to_probe()
+            t.record_probe(idx, torch.ones(idx.numel()))
+            t.step()
+        assert torch.equal(a.excluded, b.excluded)
+        k = int(a.excluded.sum())
+        assert a.excluded.tolist() == [True] * k + [False] * (10 - k)
+
+
+def test_cap_never_excludes_above_max_threshold() -> None:
+    tr = IES(N, target_saving=0.8, max_threshold=1e-3, total_epochs=E)
+    log: list = []
+    run(tr, range(E), log)
+    crit = tr.criterion()
+    assert (crit[tr.excluded] <= 1e-3).all()
+    assert log[-1].backprop_saved < 0.8  # the cap binds: the target is not reached, and that is allowed
+
+
+def test_reincluded_when_others_become_more_stable() -> None:
+    """Re-ranking each epoch: a sample excluded early comes back when others are more stable."""
+    tr = IES(N, target_saving=0.2, total_epochs=E)
+    log: list = []
+    run(tr, range(E), log)
+    assert sum(s.reincluded for s in log) > 0
+
+
+def test_annealing_plans_the_saving_before_the_full_data_epochs() -> None:
+    tr = IES(N, target_saving=0.3, total_epochs=E, anneal_fraction=0.2)
+    log: list = []
+    run(tr, range(E), log)
+    assert all(s.excluded == 0 for s in log[tr.config.anneal_start :])
+    assert abs(N * E - tr.books.total["backprop"] - 0.3 * N * E) <= 1
+
+
+def test_resume_mid_run_equals_uninterrupted() -> None:
+    full = IES(N, target_saving=0.5, total_epochs=E)
+    want: list = []
+    run(full, range(E), want)
+    first = IES(N, target_saving=0.5, total_epochs=E)
+    got: list = []
+    run(first, range(13), got)
+    second = IES(N, target_saving=0.5, total_epochs=E)
+    second.load_state_dict(first.state_dict())
+    run(second, range(13, E), got)
+    assert [s.counts() for s in got] == [s.counts() for s in want]
+    assert torch.equal(second.excluded, full.excluded)
+
+
+@pytest.mark.parametrize(
+    "target,n,plan,done,saved,want",
+    [
+        (0.4, 100, 10, 5, 0.0, 80),  # 400 to save in 5 epochs
+        (0.4, 100, 10, 5, 200.0, 40),  # on course
+        (0.4, 100, 10, 9, 390.0, 10),  # last epoch: exactly the rest
+        (0.4, 100, 10, 9, 399.5, 1),  # rounded up: never short by a fraction
+        (0.4, 100, 10, 10, 0.0, 0),  # nothing left to plan
+        (0.9, 100, 10, 1, 0.0, 100),  # more than N per epoch: capped at N
+        (0.1, 100, 10, 5, 300.0, 0),  # already past the target: exclude nobody
+    ],
+)
+def test_exclusion_quota_table(target, n, plan, done, saved, want) -> None:
+    assert exclusion_quota(target, n, plan, done, saved) == want
+
+
+@pytest.mark.parametrize(
+    "values,k,cap,want",
+    [
+        ([0.3, float("inf"), 0.1, 0.1], 2, None, [False, False, True, True]),
+        ([0.3, float("inf"), 0.1, 0.1], 9, None, [True, False, True, True]),  # inf never chosen
+        ([0.3, 0.2, 0.1, 0.1], 3, 0.15, [False, False, True, True]),  # the cap binds
+        ([0.0, 0.0, 0.0], 2, None, [True, True, False]),  # ties: lowest index
+        ([0.5, 0.4], 0, None, [False, False]),
+    ],
+)
+def test_select_most_stable_table(values, k, cap, want) -> None:
+    assert select_most_stable(torch.tensor(values), k, cap).tolist() == want
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"target_saving": 0.4}, "target_saving needs total_epochs"),
+        ({"target_saving": 1.0, "total_epochs": 5}, r"target_saving must be in \(0, 1\)"),
+        ({"target_saving": "0.4", "total_epochs": 5}, "target_saving must be a finite number"),
+        ({"max_threshold": 1e-3}, "max_threshold caps target mode"),
+        ({"target_saving": 0.4, "total_epochs": 5, "max_threshold": 0.0}, "max_threshold must be > 0"),
+    ],
+)
+def test_target_mode_bad_config(kw, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        IES(4, **kw)

@@ -1,0 +1,170 @@
+"""Careless uses are caught and the numbers reported are the numbers that happened (issue 14),
+and bad state or sizes change nothing (issue 12's library part)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ies import IES, IESWarning, IndexedDataset
+
+N = 64
+
+
+def dataset(n: int = N) -> TensorDataset:
+    return TensorDataset(torch.arange(n, dtype=torch.float32).unsqueeze(1), torch.zeros(n))
+
+
+class Plateau(nn.Module):
+    """Per-sample loss = 1 + x/1000 whatever the epoch: everything is mastered after six losses."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.0 + x[:, 0] / 1000
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return out + 0 * y
+
+
+def train(tracker: IES, loader: DataLoader, epochs: int, *, probe: bool = True) -> int:
+    """A plain loop; returns the number of samples the loader actually yielded for training."""
+    model, yielded = Plateau(), 0
+    for _ in range(epochs):
+        for idx, (x, y) in loader:
+            tracker.record(idx, loss_fn(model(x), y))
+            yielded += idx.numel()
+        if probe:
+            tracker.end_epoch(model, dataset(tracker.num_samples), loss_fn)
+        else:
+            tracker.step()
+    return yielded
+
+
+def messages(record) -> str:
+    return " | ".join(str(w.message) for w in record if issubclass(w.category, IESWarning))
+
+
+def test_a_loader_without_the_sampler_is_reported_and_counted_as_trained() -> None:
+    tr = IES(N)
+    loader = DataLoader(IndexedDataset(dataset()), batch_size=16, shuffle=True)  # bypasses tr.sampler()
+    with pytest.warns(IESWarning, match=r"trained while excluded.*tracker\.sampler\(\)"):
+        yielded = train(tr, loader, 10)
+    assert yielded == 10 * N
+    assert tr.history_log[-1].backprop_saved == 0.0  # everything was trained: nothing saved
+    assert tr.history_log[-1].trained_while_excluded == N
+
+
+@pytest.mark.parametrize("batch", [16, 24])
+def test_reported_saving_equals_the_loaders_batches(batch: int) -> None:
+    """drop_last=True drops a tail each epoch: those samples are probed, and the saving is counted
+    from what the loader yielded, not from the excluded set."""
+    tr = IES(N, threshold=1e-3)
+    loader = DataLoader(IndexedDataset(dataset()), batch_size=batch, sampler=tr.sampler(), drop_last=True)
+    epochs = 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IESWarning)
+        yielded = train(tr, loader, epochs)
+    assert tr.history_log[-1].backprop_saved == pytest.approx(1 - yielded / (N * epochs))
+    assert sum(s.unrecorded for s in tr.history_log) == N * epochs - yielded - sum(s.excluded for s in tr.history_log)
+
+
+def test_a_loader_that_yields_nothing_while_samples_are_active_warns_with_the_fix() -> None:
+    tr = IES(N)
+    loader = DataLoader(IndexedDataset(dataset()), batch_size=N + 1, sampler=tr.sampler(), drop_last=True)
+    with pytest.warns(IESWarning, match=r"no training loss was recorded.*drop_last=False"):
+        train(tr, loader, 7)
+    # untrained active samples were probed, so they are judged anyway: all mastered and excluded
+    assert all(s.unrecorded == s.active for s in tr.history_log)
+    assert tr.excluded.all()
+
+
+def test_end_epoch_twice_warns() -> None:
+    tr = IES(N)
+    loader = DataLoader(IndexedDataset(dataset()), batch_size=16, sampler=tr.sampler())
+    train(tr, loader, 1)
+    with pytest.warns(IESWarning, match=r"called twice with no training in between"):
+        tr.end_epoch(Plateau(), dataset(), loss_fn)
+
+
+def test_a_sample_recorded_twice_in_one_epoch_warns() -> None:
+    tr = IES(N)
+    tr.record(torch.arange(8), torch.ones(8))
+    tr.record(torch.arange(4), torch.ones(4))
+    with pytest.warns(IESWarning, match=r"4 samples were recorded more than once"):
+        tr.step()
+
+
+def test_no_end_epoch_for_a_whole_pass_warns_at_the_next_pass() -> None:
+    tr = IES(N)
+    loader = DataLoader(IndexedDataset(dataset()), batch_size=16, sampler=tr.sampler())
+    model = Plateau()
+    with pytest.warns(IESWarning, match=r"end_epoch\(\) was not called since the last pass"):
+        for _ in range(2):
+            for idx, (x, y) in loader:
+                tr.record(idx, loss_fn(model(x), y))
+
+
+def test_mostly_nonfinite_losses_warn() -> None:
+    tr = IES(8)
+    tr.record(torch.arange(8), torch.full((8,), float("nan")))
+    with pytest.warns(IESWarning, match=r"8 of 8 recorded losses are not finite.*diverged"):
+        tr.step()
+
+
+def test_loading_other_rule_settings_says_which_differ_and_which_win() -> None:
+    saved = IES(N, threshold=1e-2).state_dict()
+    tr = IES(N, threshold=1e-3)
+    with pytest.warns(IESWarning, match=r"'threshold': \(0\.01, 0\.001\).*current settings are used"):
+        tr.load_state_dict(saved)
+    assert tr.config.threshold == 1e-3
+
+
+@pytest.mark.parametrize("bad", ["1e-3", True, None, float("nan"), [1e-3]])
+def test_threshold_must_be_a_number(bad) -> None:
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        IES(N, threshold=bad)
+
+
+def test_a_huge_dataset_is_refused_with_the_memory_it_needs() -> None:
+    with pytest.raises(ValueError, match=r"1,000,000,000,000 samples needs \d+.*GiB.*bytes per sample"):
+        IES(10**12)
+
+
+def corrupt(state: dict, key: str, value) -> dict:
+    bad = dict(state)
+    bad[key] = value
+    return bad
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("version", 1, "version 1 is not 2"),
+        ("probe_due", torch.zeros(N, dtype=torch.float32), "'probe_due' must be a torch.int32"),  # the last tensor
+        ("count", torch.zeros(N, dtype=torch.float32), "'count' must be a torch.int32"),  # float counts refused
+        ("accounting", {}, "accounting state 'epoch' lacks"),
+        ("epoch", 3.0, "epoch must be an int"),
+        ("epoch", True, "epoch must be an int"),
+        ("history_log", [{"epoch": 0}], "history_log"),
+        ("config", {"threshold": "x"}, "threshold must be a finite number"),
+    ],
+)
+def test_a_half_bad_state_changes_nothing(key, value, match) -> None:
+    donor = IES(N)
+    for e in range(8):
+        donor.record(donor.active_indices(), torch.ones(int(donor.num_active)))
+        donor.record_probe(donor.indices_to_probe(), torch.ones(len(donor.indices_to_probe())))
+        donor.step()
+    tr = IES(N)
+    tr.record(torch.arange(3), torch.ones(3))
+    before = {k: v.clone() for k, v in tr.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match=match):
+        tr.load_state_dict(corrupt(donor.state_dict(), key, value))
+    after = tr.state_dict()
+    assert tr.epoch == 0 and tr.num_active == N and not tr.excluded.any()
+    for k, v in before.items():
+        assert torch.equal(v.nan_to_num(-1), after[k].nan_to_num(-1)), k
