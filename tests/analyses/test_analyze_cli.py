@@ -122,8 +122,18 @@ def test_transfer(all_out):
 
 def test_single_analysis_command_and_bad_spec(tmp_path, capsys):
     out = tmp_path / "gn"
-    assert main(["analyze", "gradnorm", "--train-size", "200", "--epochs", "2", "--quiet", "--out", str(out)]) == 0
+    argv = ["analyze", "gradnorm", "--train-size", "200", "--epochs", "2", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
     assert (out / "gradnorm.png").exists() and (out / "gradnorm.csv").exists()
+    # The command recorded is the argv given to main, not the test runner's sys.argv.
+    assert json.loads((out / "gradnorm.json").read_text())["command"] == "ies " + " ".join(argv)
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["ies-seed0", "none-seed0"]
     assert main(["analyze", "gradnorm", "--ies", "none", "--out", str(tmp_path / "x")]) == 2
     assert "--ies" in capsys.readouterr().err
+
+
+def test_a_non_empty_out_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "old.txt").write_text("earlier results")
+    assert main(["analyze", "gradnorm", "--train-size", "200", "--epochs", "2", "--quiet", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]

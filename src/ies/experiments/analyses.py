@@ -1,46 +1,36 @@
-"""``ies analyze WHAT``: the paper's analyses, each a plot plus the numbers behind it.
+"""Run the paper's analyses by name: the engine behind ``ies analyze`` (its command line is
+:mod:`ies.cli.analyze`).
 
-=============  ===========================================================  ==================
-WHAT           measures                                                     paper
-=============  ===========================================================  ==================
-mastery        samples meeting the order 0-3 criterion per epoch, with      Figure 2
-               removal (IES order k) and without (none, criterion tracked)
-cv             CV across samples of |order 0-3 loss differences| per        Figure 3, App. C
-               epoch, SGD and Adam
-gradnorm       mean mini-batch gradient norm per epoch, IES vs none         Figure 4
-sharpness      Hessian top eigenvalue (power iteration) and SAM value on a  Figure 4
-               fixed subset every few epochs, IES vs none
-forgetting     the first 5% of samples removed: loss/accuracy over          Appendix H
-               training vs the whole set; how often re-included
-noise          symmetric and instance-dependent label noise: best          Appendix G
-               accuracy, its epoch and backprop saved, IES vs none
-transfer       pretrain on some classes with/without IES, fine-tune only    Table 3
-               a new head on the other classes for 1 and 5 epochs
-all            every analysis above, each into OUT/<what>/
-=============  ===========================================================  ==================
+Each analysis writes ``<what>.png``, ``<what>.csv`` (the plotted numbers, per epoch and seed),
+``<what>.json`` (summary, claim, command, config) and one run folder per training run under
+``runs/``; ``all`` runs every analysis into ``OUT/<what>/`` and indexes them in ``analyses.json``.
 
-Each writes ``<what>.png``, ``<what>.csv`` (the plotted numbers, per epoch and seed),
-``<what>.json`` (summary, claim, command, config) and one run folder per training run
-under ``runs/`` into ``--out`` (default ``runs/analyze-<what>-<time>``).
-
-Analyses run single-threaded by default (``--threads 1``): the models are tiny and on a
-shared CPU extra threads mostly add contention.
+Example:
+    >>> base = RunConfig(dataset="mnist1d", train_size=2000, epochs=30).resolved()
+    >>> data = load_run_data(base)
+    >>> index = run_analyses("gradnorm", base=base, data=data, out=Path("runs/gn"), command="(from code)")
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-__all__ = ["add_commands", "cmd_analyze", "ANALYSES"]
+from .analysis import (Study, cv_of_differences, forgetting, gradient_norm, label_noise, mastery_over_time,
+                       sharpness, transfer)
+from .analysis.robustness import NoiseSetting
+from .config import RunConfig
+from .data import TensorData
+from .grid import Progress, no_progress
+from .tables import write_json
+
+__all__ = ["ANALYSES", "DESCRIPTIONS", "AnalysisOptions", "run_analysis", "run_analyses", "headline"]
 
 ANALYSES = ("mastery", "cv", "gradnorm", "sharpness", "forgetting", "noise", "transfer")
 
-_HELP = {
+DESCRIPTIONS = {
     "mastery": "samples meeting the order 0-3 criterion per epoch, removed vs kept training (Fig. 2)",
     "cv": "coefficient of variation across samples of order 0-3 loss differences, SGD and Adam (Fig. 3)",
     "gradnorm": "mean mini-batch gradient norm per epoch, IES vs no removal (Fig. 4)",
@@ -52,180 +42,117 @@ _HELP = {
 }
 
 
-def _ints(v: str) -> List[int]:
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """The analyses' own settings (the run configuration is a :class:`RunConfig`); these defaults are
+    the command line's, and the parser in :mod:`ies.cli.analyze` reads them from here."""
+
+    orders: Sequence[int] = (0, 1, 2, 3)  # mastery, cv: difference orders
+    threshold: float = 1e-3  # mastery: criterion threshold delta
+    optimizers: Sequence[str] = ("sgd", "adam")  # cv
+    lr: Optional[float] = None  # cv: lr of the non-SGD optimizers (None: their defaults)
+    sgd_lr: float = 0.1  # cv: lr of SGD (the paper's; ~100x Adam's, so one lr cannot serve both)
+    every: int = 5  # sharpness: measure every K epochs
+    subset: int = 512  # sharpness: fixed training subset size
+    iters: int = 20  # sharpness: power iterations
+    rho: float = 0.05  # sharpness: SAM radius
+    fraction: float = 0.05  # forgetting: first fraction removed
+    at_epochs: Optional[Sequence[int]] = None  # forgetting: table epochs (None: 1, every 10th, the last)
+    control: bool = True  # forgetting: follow the same samples in a no-removal run
+    settings: Sequence[NoiseSetting] = (("symmetric", 0.2, None), ("symmetric", 0.4, None),
+                                        ("instance", 0.2, None), ("instance", 0.4, None))  # noise
+    dd_rate: float = 0.1  # noise: symmetric rate of the double-descent setting, 0 to skip
+    dd_epochs: Optional[int] = None  # noise: its epochs (None: twice the run's)
+    noise_seed: int = 0  # noise: seed of the noisy labels
+    source: Sequence[int] = (0, 1, 2, 3, 4)  # transfer: pretraining classes
+    target: Sequence[int] = (5, 6, 7, 8, 9)  # transfer: fine-tuning classes
+    head_epochs: Sequence[int] = (1, 5)  # transfer: head fine-tuning epochs
+    head_lr: Optional[float] = None  # transfer: Adam lr of the head (None: the run's lr for Adam, else 1e-3)
+
+
+def _noise_settings(o: AnalysisOptions, epochs: int) -> list:
+    dd = [("symmetric", float(o.dd_rate), o.dd_epochs or 2 * epochs)] if o.dd_rate and o.dd_rate > 0 else []
+    return [*o.settings, *dd]
+
+
+_RUNNERS: Dict[str, Callable[[Study, AnalysisOptions, Dict[str, Any]], Dict[str, Any]]] = {
+    "mastery": lambda st, o, p: mastery_over_time(st, orders=o.orders, threshold=o.threshold, ies_params=p),
+    "cv": lambda st, o, p: cv_of_differences(st, optimizers=list(o.optimizers), orders=o.orders, lr=o.lr,
+                                             sgd_lr=o.sgd_lr),
+    "gradnorm": lambda st, o, p: gradient_norm(st, ies_params=p),
+    "sharpness": lambda st, o, p: sharpness(st, ies_params=p, every=o.every, subset_size=o.subset, iters=o.iters,
+                                            rho=o.rho),
+    "forgetting": lambda st, o, p: forgetting(st, fraction=o.fraction, at_epochs=o.at_epochs, ies_params=p,
+                                              control=o.control),
+    "noise": lambda st, o, p: label_noise(st, settings=_noise_settings(o, int(st.base.epochs)),
+                                          noise_seed=o.noise_seed, ies_params=p),
+    "transfer": lambda st, o, p: transfer(st, source=o.source, target=o.target, head_epochs=o.head_epochs,
+                                          head_lr=o.head_lr, ies_params=p),
+}
+
+
+def run_analysis(name: str, study: Study, options: AnalysisOptions = AnalysisOptions(),
+                 ies_params: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Run one analysis into ``study.out``; returns its payload (what ``<name>.json`` holds)."""
+    if name not in _RUNNERS:
+        raise ValueError(f"unknown analysis {name!r}; choose one of {', '.join(ANALYSES)}")
+    return _RUNNERS[name](study, options, dict(ies_params or {}))
+
+
+def _mastered(d: Mapping[Any, Any]) -> str:
+    return ", ".join(f"o{k}={v['final_mastered']:.0f}" for k, v in d.items())
+
+
+def _none_vs_ies(s: Mapping[str, Any], key: str) -> str:
+    return f"{key}: none {s[key]['none']['mean']:.4g}, ies {s[key]['ies']['mean']:.4g}"
+
+
+_HEADLINES: Dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "mastery": lambda s: f"removed final mastered {_mastered(s['removed'])}; kept {_mastered(s['kept'])}",
+    "cv": lambda s: "; ".join(f"{o}: " + ", ".join(f"o{k[5:]}={v['mean_cv_diff']:.2f}" for k, v in d.items()
+                                                   if k.startswith("order")) for o, d in s["by_optimizer"].items()),
+    "gradnorm": lambda s: _none_vs_ies(s, "grad_norm"),
+    "sharpness": lambda s: "; ".join(_none_vs_ies(s, k) for k in ("hessian_top_eig", "sam")),
+    "forgetting": lambda s: (f"group re-included mean {s['group_reincluded_mean']:.2f}, max {s['group_reincluded_max']}; "
+                             f"last-epoch group loss {s['at_epochs'][-1]['group_loss']:.4g} vs all "
+                             f"{s['at_epochs'][-1]['all_loss']:.4g}"),
+    "noise": lambda s: "; ".join(f"{n}: none {v['none']['best_test_acc']:.1f}%, ies {v['ies']['best_test_acc']:.1f}% "
+                                 f"(saved {100 * v['ies']['backprop_saved']:.0f}%)" for n, v in s["settings"].items()),
+    "transfer": lambda s: "; ".join(f"{k}: none {s['none'][k]:.1f}%, ies {s['ies'][k]:.1f}%"
+                                    for k in s["none"] if k.startswith("transfer_acc")),
+}
+
+
+def headline(name: str, summary: Mapping[str, Any]) -> str:
+    """One line of an analysis's main numbers, for the terminal ("" where a number is missing)."""
     try:
-        return [int(x) for x in v.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {v!r}") from None
-
-
-def _floats(v: str) -> List[float]:
-    try:
-        return [float(x) for x in v.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {v!r}") from None
-
-
-def _settings(v: str) -> List[tuple]:
-    out = []
-    for part in (p.strip() for p in v.split(",") if p.strip()):
-        kind, _, rate = part.partition(":")
-        try:
-            r = float(rate)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad noise setting {part!r}: write KIND:RATE, e.g. symmetric:0.2") from None
-        if kind not in ("symmetric", "instance") or not 0 <= r <= 1:
-            raise argparse.ArgumentTypeError(f"bad noise setting {part!r}: KIND is symmetric or instance, RATE in [0, 1]")
-        out.append((kind, r, None))
-    return out
-
-
-def _add_specific(p: argparse.ArgumentParser, which: Sequence[str]) -> None:
-    from ..cli import _positive_int
-
-    g = p.add_argument_group("analysis options")
-    if "mastery" in which or "cv" in which:
-        g.add_argument("--orders", type=_ints, default=[0, 1, 2, 3], help="difference orders (default 0,1,2,3)")
-    if "mastery" in which:
-        g.add_argument("--threshold", type=float, default=1e-3, help="mastery: criterion threshold delta (default 1e-3)")
-    if "cv" in which:
-        g.add_argument("--optimizers", default="sgd,adam", help="cv: optimizers to compare (default sgd,adam)")
-        g.add_argument("--sgd-lr", type=float, default=0.1,
-                       help="cv: learning rate of SGD (default 0.1, the paper's); --lr sets the other optimizers'")
-    if "sharpness" in which:
-        g.add_argument("--every", type=_positive_int, default=5, help="sharpness: measure every K epochs (default 5)")
-        g.add_argument("--subset", type=_positive_int, default=512,
-                       help="sharpness: fixed training subset size (default 512)")
-        g.add_argument("--iters", type=_positive_int, default=20, help="sharpness: power iterations (default 20)")
-        g.add_argument("--rho", type=float, default=0.05, help="sharpness: SAM radius (default 0.05)")
-    if "forgetting" in which:
-        g.add_argument("--fraction", type=float, default=0.05, help="forgetting: first fraction removed (default 0.05)")
-        g.add_argument("--at-epochs", type=_ints, default=None,
-                       help="forgetting: epochs for the table (default 1, every 10th and the last)")
-        g.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
-                       help="forgetting: follow the same samples in a no-removal run (default: on)")
-    if "noise" in which:
-        g.add_argument("--settings", type=_settings,
-                       default=_settings("symmetric:0.2,symmetric:0.4,instance:0.2,instance:0.4"),
-                       help="noise: KIND:RATE list (default symmetric:0.2,symmetric:0.4,instance:0.2,instance:0.4)")
-        g.add_argument("--dd-rate", type=float, default=0.1,
-                       help="noise: symmetric rate of the double-descent setting, 0 to skip (default 0.1)")
-        g.add_argument("--dd-epochs", type=_positive_int, default=None,
-                       help="noise: epochs of the double-descent setting (default 2x the run's epochs)")
-        g.add_argument("--noise-seed", type=int, default=0, help="noise: seed of the noisy labels (default 0)")
-    if "transfer" in which:
-        g.add_argument("--source", type=_ints, default=[0, 1, 2, 3, 4], help="transfer: pretraining classes")
-        g.add_argument("--target", type=_ints, default=[5, 6, 7, 8, 9], help="transfer: fine-tuning classes")
-        g.add_argument("--head-epochs", type=_ints, default=[1, 5], help="transfer: head epochs (default 1,5)")
-        g.add_argument("--head-lr", type=float, default=None,
-                       help="transfer: Adam lr of the head (default: the run's lr for Adam, else 1e-3)")
-
-
-def add_commands(sub: Any) -> None:
-    """Add ``analyze`` (with one subcommand per analysis) to the ``ies`` command's subparsers."""
-    from ..cli import _add_run_args, _positive_int
-
-    a = sub.add_parser("analyze", help="the paper's analyses: mastery, cv, gradnorm, sharpness, forgetting, noise, transfer",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    asub = a.add_subparsers(dest="what", required=True, metavar="WHAT")
-    for name in (*ANALYSES, "all"):
-        p = asub.add_parser(name, help=_HELP[name], description=_HELP[name])
-        p.add_argument("--seeds", type=_positive_int, default=1, help="number of training seeds, 0..N-1 (default 1)")
-        p.add_argument("--ies", default="ies", help="IES spec for the IES runs, e.g. ies:threshold=0.001 (default ies)")
-        _add_specific(p, ANALYSES if name == "all" else (name,))
-        _add_run_args(p)
-        p.set_defaults(func=cmd_analyze)
-
-
-def _run_one(name: str, args: argparse.Namespace, study_factory: Callable[[str], Any], ies_params: Dict[str, Any]):
-    from .analysis import (cv_of_differences, forgetting, gradient_norm, label_noise, mastery_over_time,
-                           sharpness, transfer)
-
-    st = study_factory(name)
-    if name == "mastery":
-        return mastery_over_time(st, orders=args.orders, threshold=args.threshold, ies_params=ies_params)
-    if name == "cv":
-        opts = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-        return cv_of_differences(st, optimizers=opts, orders=args.orders, lr=args.lr, sgd_lr=args.sgd_lr)
-    if name == "gradnorm":
-        return gradient_norm(st, ies_params=ies_params)
-    if name == "sharpness":
-        return sharpness(st, ies_params=ies_params, every=args.every, subset_size=args.subset, iters=args.iters,
-                         rho=args.rho)
-    if name == "forgetting":
-        return forgetting(st, fraction=args.fraction, at_epochs=args.at_epochs, ies_params=ies_params,
-                          control=args.control)
-    if name == "noise":
-        settings = list(args.settings)
-        if args.dd_rate and args.dd_rate > 0:
-            settings.append(("symmetric", float(args.dd_rate), args.dd_epochs or 2 * int(st.base.epochs)))
-        return label_noise(st, settings=settings, noise_seed=args.noise_seed, ies_params=ies_params)
-    if name == "transfer":
-        return transfer(st, source=args.source, target=args.target, head_epochs=args.head_epochs,
-                        head_lr=args.head_lr, ies_params=ies_params)
-    raise ValueError(f"unknown analysis {name!r}")
-
-
-def _headline(name: str, s: Dict[str, Any]) -> str:
-    """One line of the main numbers, for the terminal."""
-    try:
-        if name == "mastery":
-            return "removed final mastered " + ", ".join(
-                f"o{k}={v['final_mastered']:.0f}" for k, v in s["removed"].items()) + "; kept " + ", ".join(
-                f"o{k}={v['final_mastered']:.0f}" for k, v in s["kept"].items())
-        if name == "cv":
-            return "; ".join(f"{o}: " + ", ".join(f"o{k[5:]}={v['mean_cv_diff']:.2f}" for k, v in d.items()
-                                                    if k.startswith("order")) for o, d in s["by_optimizer"].items())
-        if name in ("gradnorm", "sharpness"):
-            keys = ["grad_norm"] if name == "gradnorm" else ["hessian_top_eig", "sam"]
-            return "; ".join(f"{k}: none {s[k]['none']['mean']:.4g}, ies {s[k]['ies']['mean']:.4g}" for k in keys)
-        if name == "forgetting":
-            return (f"group re-included mean {s['group_reincluded_mean']:.2f}, max {s['group_reincluded_max']}; "
-                    f"last-epoch group loss {s['at_epochs'][-1]['group_loss']:.4g} vs all {s['at_epochs'][-1]['all_loss']:.4g}")
-        if name == "noise":
-            return "; ".join(f"{n}: none {v['none']['best_test_acc']:.1f}%, ies {v['ies']['best_test_acc']:.1f}% "
-                             f"(saved {100 * v['ies']['backprop_saved']:.0f}%)" for n, v in s["settings"].items())
-        if name == "transfer":
-            return "; ".join(f"{k}: none {s['none'][k]:.1f}%, ies {s['ies'][k]:.1f}%"
-                             for k in s["none"] if k.startswith("transfer_acc"))
+        return _HEADLINES[name](summary)
     except (KeyError, TypeError, ValueError, IndexError):
-        pass
-    return ""
+        return ""
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from ..cli import CLIError, make_progress, parse_method_spec, resolve_config
-    from .analysis.common import Study, write_json
-    from .data import load_dataset
-
-    name, ies_params = parse_method_spec(args.ies)
-    if name != "ies":
-        raise CLIError(f"--ies must be an ies spec like ies:threshold=0.001, got {args.ies!r}")
-    from ..policies import build_policy
-
-    build_policy("ies", 10, total_epochs=1, **ies_params)  # validate before training
-    base = resolve_config(args, method="none")
-    data = load_dataset(base.dataset, data_dir=base.data_dir, train_size=base.train_size,
-                        val_fraction=base.val_fraction, data_seed=base.data_seed)
-    out = Path(args.out) if args.out else Path("runs") / f"analyze-{args.what}-{time.strftime('%Y%m%d-%H%M%S')}"
-    command = " ".join(map(shlex.quote, ["ies", *sys.argv[1:]]))
-    seeds = list(range(args.seeds))
-    log = (lambda msg: None) if args.jsonl else (lambda msg: print(msg, flush=True))
-
-    def factory(what: str) -> Study:
-        d = out / what if args.what == "all" else out
-        return Study(out=d, base=base, data=data, seeds=seeds, command=command, log=log,
-                     progress=lambda total, desc: make_progress(args, total, f"{what}: {desc}"))
-
-    names = ANALYSES if args.what == "all" else (args.what,)
+def run_analyses(what: str, *, base: RunConfig, data: TensorData, out: Path, command: str,
+                 seeds: Sequence[int] = (0,), options: AnalysisOptions = AnalysisOptions(),
+                 ies_params: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
+                 progress: Progress = no_progress, allow_nonfinite: bool = False) -> Dict[str, Any]:
+    """Run ``what`` (one of :data:`ANALYSES`, or ``"all"``) into ``out``; returns the index
+    ``{name: {"folder", "seconds", "summary"}}``. ``command`` is recorded in every output as the
+    command that made it; ``progress(epochs, description)`` gives each run's per-epoch callback;
+    ``allow_nonfinite`` lets runs continue through an epoch whose losses are all NaN/inf."""
+    if what != "all" and what not in ANALYSES:
+        raise ValueError(f"unknown analysis {what!r}; choose one of {', '.join(ANALYSES)} or all")
+    names = ANALYSES if what == "all" else (what,)
     index: Dict[str, Any] = {}
-    for what in names:
+    for name in names:
+        where = Path(out) / name if what == "all" else Path(out)
+        study = Study(out=where, base=base, data=data, seeds=list(seeds), command=command,
+                      allow_nonfinite=allow_nonfinite, progress=lambda total, desc, name=name: progress(total, f"{name}: {desc}"))
         t0 = time.perf_counter()
-        payload = _run_one(what, args, factory, ies_params)
+        payload = run_analysis(name, study, options, ies_params)
         dt = time.perf_counter() - t0
-        where = out / what if args.what == "all" else out
-        index[what] = {"folder": str(where), "seconds": dt, "summary": payload["summary"]}
-        log(f"{what} ({dt:.0f}s): {_headline(what, payload['summary'])} -> {where / (what + '.png')}")
-    if args.what == "all":
-        write_json(out / "analyses.json", {"command": command, "analyses": index})
-    return 0
+        index[name] = {"folder": str(where), "seconds": dt, "summary": payload["summary"]}
+        log(f"{name} ({dt:.0f}s): {headline(name, payload['summary'])} -> {where / (name + '.png')}")
+    if what == "all":
+        write_json(Path(out) / "analyses.json", {"command": command, "analyses": index})
+    return index
+

@@ -1,9 +1,7 @@
-"""Shared plumbing of the analyses: training a labelled run, saving it, writing CSV/JSON/PNG."""
+"""Shared plumbing of the analyses: training a labelled run into its folder, writing CSV/JSON/PNG."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import statistics
@@ -13,16 +11,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..config import RunConfig
 from ..data import TensorData
-from ..engine import EngineCallback, RunResult, run_training
-from ..report import save_run
+from ..engine import EngineCallback, RunResult
+from ..grid import Progress, no_progress, train_run
+from ..runs import run_dir_name
+from ..tables import write_csv, write_json
 
-__all__ = ["Progress", "Study", "pyplot", "write_csv", "write_json", "mean_or_nan", "curve", "finite"]
-
-Progress = Callable[[int, str], Callable[[Dict[str, Any]], None]]  # (epochs, label) -> per-epoch callback
-
-
-def _no_progress(total: int, desc: str) -> Callable[[Dict[str, Any]], None]:
-    return lambda row: None
+__all__ = ["Study", "pyplot", "mean_or_nan", "curve", "finite"]
 
 
 def pyplot():
@@ -41,39 +35,6 @@ def finite(v: Any) -> bool:
 def mean_or_nan(xs: Iterable[Any]) -> float:
     vals = [float(x) for x in xs if finite(x)]
     return statistics.fmean(vals) if vals else float("nan")
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None  # JSON has no NaN/inf
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, default=str))
-    os.replace(tmp, path)
-    return path
-
-
-def write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys: List[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    os.replace(tmp, path)
-    return path
 
 
 def curve(results: Sequence[RunResult], key: str) -> tuple:
@@ -96,9 +57,9 @@ class Study:
     base: RunConfig
     data: TensorData
     seeds: Sequence[int] = (0,)
-    progress: Progress = _no_progress
+    progress: Progress = no_progress
     command: str = ""
-    log: Callable[[str], None] = print
+    allow_nonfinite: bool = False
     saved: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -112,14 +73,13 @@ class Study:
     def train(self, label: str, cfg: RunConfig, *, data: Optional[TensorData] = None,
               callbacks: Sequence[EngineCallback] = (), keep_model: bool = False,
               extra_files: Optional[Dict[str, Callable[[Path], None]]] = None) -> RunResult:
-        """Train and save ``out/runs/<label>-seed<seed>``; ``extra_files`` writers get the run folder."""
-        d = data if data is not None else self.data
-        res = run_training(cfg, d, on_epoch=self.progress(int(cfg.epochs), f"{label} seed {cfg.seed}"),
-                           keep_model=keep_model, callbacks=list(callbacks))
-        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
-        run_dir = save_run(res, self.out / "runs" / f"{safe}-seed{cfg.seed}",
-                           extra={"label": label, "command": self.command, "analysis": self.out.name})
-        for _, writer in (extra_files or {}).items():
+        """Train into ``out/runs/<label>-seed<seed>``; ``extra_files`` writers then get the run folder."""
+        run_dir = self.out / "runs" / run_dir_name(label, cfg.seed)
+        res = train_run(cfg, run_dir, data=self.data if data is None else data, callbacks=list(callbacks),
+                        on_epoch=self.progress(int(cfg.epochs), f"{label} seed {cfg.seed}"), keep_model=keep_model,
+                        allow_nonfinite=self.allow_nonfinite,
+                        extra={"label": label, "command": self.command, "analysis": self.out.name})
+        for writer in (extra_files or {}).values():
             writer(run_dir)
         self.saved.append(str(run_dir))
         return res
