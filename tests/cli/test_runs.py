@@ -161,3 +161,18 @@ def test_progress_off_a_terminal_is_one_line_per_epoch(tmp_path, capsys):
     assert "\r" not in err
     assert [ln.split(":")[0] for ln in err.splitlines() if "epoch" in ln] == ["ies epoch 1/2", "ies epoch 2/2"]
     assert "probe=" in err
+
+
+def test_resume_refuses_other_settings(compared, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "c"
+    shutil.copytree(compared, out)
+    assert main(["compare", "--epochs", "3", "--train-size", "120", "--quiet", "--seeds", "2",
+                 "--resume", str(out)]) == 2
+    assert "was run with other settings (epochs)" in capsys.readouterr().err
+    run = out / "runs" / "ies-seed0"
+    assert main(["train", "--resume", str(run), "--epochs", "5"]) == 2
+    assert "drop the run-configuration flags (epochs)" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0  # complete: nothing to do
+    assert main(["compare", *TINY, "--seeds", "2", "--resume", str(out)]) == 0  # all complete: report only
