@@ -32,9 +32,10 @@ def run(tracker: IES, epochs: range, log: list) -> None:
         log.append(tracker.step())
 
 
+@pytest.mark.parametrize("schedule", ["even", "ramp"])
 @pytest.mark.parametrize("target", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
-def test_target_is_hit_within_one_sample(target: float) -> None:
-    tr = IES(N, target_saving=target, total_epochs=E)
+def test_target_is_hit_within_one_sample(target: float, schedule: str) -> None:
+    tr = IES(N, target_saving=target, total_epochs=E, target_schedule=schedule)
     log: list = []
     run(tr, range(E), log)
     saved = N * E - tr.books.total["backprop"]
@@ -53,6 +54,16 @@ def test_catches_up_after_the_epochs_nobody_can_be_judged() -> None:
     per_epoch = [s.excluded for s in log[h:]]
     assert min(per_epoch) >= 0.3 * N and max(per_epoch) - min(per_epoch) <= 1  # spread evenly
     assert sum(per_epoch) == pytest.approx(0.3 * N * E, abs=1)
+
+
+def test_ramp_excludes_more_as_training_matures() -> None:
+    tr = IES(N, target_saving=0.4, total_epochs=E, target_schedule="ramp")
+    log: list = []
+    run(tr, range(E), log)
+    h = history_length(2, 3, 1)
+    per_epoch = [s.excluded for s in log[h:]]
+    assert per_epoch == sorted(per_epoch) and per_epoch[0] < per_epoch[-1] / 5  # grows with the epoch
+    assert abs(N * E - tr.books.total["backprop"] - 0.4 * N * E) <= 1
 
 
 def test_never_excludes_a_sample_without_a_full_history() -> None:
@@ -139,6 +150,19 @@ def test_resume_mid_run_equals_uninterrupted() -> None:
 )
 def test_exclusion_quota_table(target, n, plan, done, saved, want) -> None:
     assert exclusion_quota(target, n, plan, done, saved) == want
+
+
+@pytest.mark.parametrize(
+    "done,saved,want",
+    [
+        (5, 0.0, 34),  # weights 1..5 (first=5), at most 100 each: 400 = a * (1+2+3) + 2 * 100 -> a = 33.3
+        (9, 300.0, 100),  # last epoch: the rest (100)
+        (5, 350.0, 4),  # 50 left over weights 1..5: a = 3.33
+        (0, 0.0, 0),  # before the first epoch that can exclude: nothing planned
+    ],
+)
+def test_ramp_quota_table(done, saved, want) -> None:
+    assert exclusion_quota(0.4, 100, 10, done, saved, schedule="ramp", first=5) == want
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,9 @@ class IESConfig:
       as many samples as keep the run's cumulative *backprop* saving (sample-epochs not
       backpropagated / ``N * E``) on course to ``s`` by epoch ``E``, choosing the samples with
       the lowest criterion (ties by index). Samples without a full history are never excluded;
-      ``max_threshold`` optionally caps the criterion of an excluded sample.
+      ``max_threshold`` optionally caps the criterion of an excluded sample;
+      ``target_schedule`` spreads the saving evenly over the epochs (``"even"``) or in
+      proportion to the epoch (``"ramp"``: little early, more as training matures).
 
     Probing (the forward-only pass that measures excluded samples): every epoch by default;
     ``probe_every=r`` probes each excluded sample once every ``r`` epochs, staggered by index
@@ -71,6 +73,7 @@ class IESConfig:
     relative: bool = False  # divide the criterion by the sample's mean recent loss (scale-free δ)
     target_saving: Optional[float] = None  # target mode: backprop saving to reach by total_epochs
     max_threshold: Optional[float] = None  # target mode: never exclude a sample whose criterion is above
+    target_schedule: str = "even"  # target mode: "even" per epoch, or "ramp" (growing with the epoch)
     probe_every: int = 1  # r: probe each excluded sample every r epochs, staggered (App. F uses 5)
     probe_backoff: bool = False  # double a still-excluded sample's probe interval up to the cap
     probe_max_interval: int = 8  # cap of the back-off interval, in epochs
@@ -113,12 +116,16 @@ class IESConfig:
         if self.target_saving is None:
             if self.max_threshold is not None:
                 raise ValueError("max_threshold caps target mode: set target_saving too, or use threshold for δ-mode")
+            if self.target_schedule != "even":
+                raise ValueError("target_schedule shapes target mode: set target_saving too")
             return
         s = _number("target_saving", self.target_saving, " in (0, 1)")
         if not 0.0 < s < 1.0:
             raise ValueError(f"target_saving must be in (0, 1) (0.4 saves 40% of backprop), got {self.target_saving!r}")
         if self.total_epochs is None:
             raise ValueError("target_saving needs total_epochs: the saving is planned over the whole run")
+        if self.target_schedule not in ("even", "ramp"):
+            raise ValueError(f"target_schedule must be 'even' or 'ramp', got {self.target_schedule!r}")
         if self.max_threshold is not None and _number("max_threshold", self.max_threshold, " or None") <= 0:
             raise ValueError(f"max_threshold must be > 0 (or None for no cap), got {self.max_threshold!r}")
 

@@ -151,22 +151,49 @@ def select_most_stable(values: Tensor, k: int, cap: Optional[float] = None) -> T
 
 
 def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_done: int, saved: float,
-                    plan_epochs: Optional[int] = None) -> int:
+                    plan_epochs: Optional[int] = None, *, schedule: str = "even", first: int = 0) -> int:
     """How many samples to exclude next epoch to land the run's saving on ``target``.
 
     The run must save ``target * N * total_epochs`` backprop sample-epochs; ``saved`` is what
     it has saved so far (``N * epochs_done - backprop``). Exclusion is possible until
     ``plan_epochs`` (default ``total_epochs``; earlier with full-data annealing). The remaining
-    saving is spread evenly over the remaining epochs, rounded up, so a shortfall (early
+    saving is spread over the remaining epochs, re-planned every epoch, so a shortfall (early
     epochs in which no sample has a full history) is caught up later and the last epoch
-    lands within one sample of the target.
+    lands within one sample of the target:
+
+    - ``"even"``: the same number every remaining epoch (rounded up);
+    - ``"ramp"``: in proportion to ``epoch - first + 1`` (``first``: the first epoch that can
+      exclude), capped at ``N`` per epoch, so exclusion grows as training matures, as the
+      δ-rule's does.
 
     Example:
         >>> exclusion_quota(0.4, 100, 10, 5, 0.0)   # 400 to save in 5 epochs
         80
     """
-    left = (total_epochs if plan_epochs is None else plan_epochs) - epochs_done
+    plan = total_epochs if plan_epochs is None else plan_epochs
+    left = plan - epochs_done
     if left <= 0:
         return 0
     remaining = target * num_samples * total_epochs - saved
-    return max(0, min(num_samples, math.ceil(remaining / left - 1e-9)))
+    if remaining <= 0:
+        return 0
+    if schedule == "even" or left == 1:
+        share = remaining / left
+    else:
+        weights = [max(j - first + 1, 0) for j in range(epochs_done, plan)]
+        share = _water_fill(weights, remaining, num_samples)
+    return max(0, min(num_samples, math.ceil(share - 1e-9)))
+
+
+def _water_fill(weights: Sequence[float], total: float, cap: float) -> float:
+    """The first entry of ``min(cap, a * w)`` with ``a`` such that the entries sum to ``total``."""
+    if total >= cap * sum(w > 0 for w in weights):
+        return cap if weights[0] > 0 else 0.0
+    lo, hi = 0.0, cap / min(w for w in weights if w > 0)
+    for _ in range(60):  # bisection on a scalar: exact enough for sample counts
+        a = (lo + hi) / 2
+        if sum(min(cap, a * w) for w in weights) < total:
+            lo = a
+        else:
+            hi = a
+    return min(cap, hi * weights[0])

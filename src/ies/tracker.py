@@ -287,7 +287,8 @@ class IES:
         done = self.epoch + 1
         t = self.books.total["backprop"] + self.books.epoch["backprop"]
         k = exclusion_quota(c.target_saving, self.num_samples, c.total_epochs, done, self.num_samples * done - t,
-                            plan_epochs=c.anneal_start)
+                            plan_epochs=c.anneal_start, schedule=c.target_schedule,
+                            first=history_length(c.order, c.window, c.m))
         return select_most_stable(values, k, c.max_threshold)
 
     def step(self) -> EpochStats:
