@@ -3,10 +3,10 @@
     python examples/huggingface_example.py --epochs 6
     torchrun --standalone --nproc_per_node=2 examples/huggingface_example.py --epochs 6   # DDP on CPU (gloo)
 
-Needs ``pip install instance-early-stopping[huggingface]``. Each dataset item carries its
-index in an ``"idx"`` column; ``IESTrainer`` pops it in ``compute_loss``, records one loss
-per sample, trains only the active samples, and saves ``ies_state.pt`` in every
-checkpoint; the run then resumes from the last checkpoint for ``--resume-epochs`` more.
+Needs ``pip install instance-early-stopping[huggingface]``. ``IESTrainer`` samples only the
+active rows, computes and records one loss per sample in ``compute_loss``, and saves
+``ies_state.pt`` in every checkpoint; the run then resumes from the last checkpoint for
+``--resume-epochs`` more.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def make_data(n: int = 256, seq_len: int = 12, vocab: int = 64, seed: int = 0) -
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab, (n, seq_len), generator=g)
     return [{"input_ids": ids[i], "attention_mask": torch.ones(seq_len, dtype=torch.long),
-             "labels": int(ids[i, 0] < vocab // 2), "idx": i} for i in range(n)]
+             "labels": int(ids[i, 0] < vocab // 2)} for i in range(n)]
 
 
 def make_model(seed: int = 0) -> BertForSequenceClassification:

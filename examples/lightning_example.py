@@ -43,7 +43,8 @@ class Classifier(L.LightningModule):
         return self.net(x)
 
     def train_dataloader(self) -> DataLoader:
-        # IES: indices + the callback's active sampler (Trainer(use_distributed_sampler=False))
+        # IES: indices + the callback's active sampler; called again every epoch
+        # (Trainer(reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False))
         return DataLoader(IndexedDataset(make_data()), sampler=self.ies_callback[0].sampler(),
                           batch_size=self.batch_size)
 
@@ -60,7 +61,7 @@ def run(epochs: int, devices: int, root: str, ckpt_path: Optional[str] = None) -
     ck = L.callbacks.ModelCheckpoint(dirpath=root, save_last=True)
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-        callbacks=[cb, ck], use_distributed_sampler=False, logger=L.loggers.CSVLogger(root, name="logs"),
+        callbacks=[cb, ck], use_distributed_sampler=False, reload_dataloaders_every_n_epochs=1, logger=L.loggers.CSVLogger(root, name="logs"),
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root,
     )
     trainer.fit(Classifier(cb), ckpt_path=ckpt_path)

@@ -21,6 +21,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
+from ies import IES, IESConfig  # noqa: E402
 from ies.integrations.huggingface import IES_STATE_NAME, IESTrainer, per_sample_loss  # noqa: E402
 from ies.training import EpochProgressLR  # noqa: E402
 
@@ -45,9 +46,10 @@ def gpt2():
 def cls_data():
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, V, (N, T), generator=g)
-    # "length" is not a BertForSequenceClassification.forward argument: the column filter must drop it, not "idx"
+    # "length" is not a BertForSequenceClassification.forward argument: the column filter must drop it.
+    # No index column: IESTrainer's train loader attaches each row's index itself.
     return [{"input_ids": ids[i], "attention_mask": torch.ones(T, dtype=torch.long), "labels": int(ids[i, 0] < V // 2),
-             "idx": i, "length": T} for i in range(N)]
+             "length": T} for i in range(N)]
 
 
 def lm_data():
@@ -60,7 +62,7 @@ def lm_data():
         labels = torch.full((T,), -100)
         labels[:n] = ids[:n]
         mask = (labels != -100).long()
-        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels, "idx": i})
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
     return out
 
 
@@ -132,7 +134,7 @@ def test_train_epochs_schedule_and_resume(tmp_path):
     for e, s in enumerate(log):
         excluded_before = set(range(N)) - set(seen[e])
         assert sorted(seen[e]) == sorted(set(seen[e])) and len(seen[e]) == s.active  # each active sample once
-        assert s.excluded == len(excluded_before) and s.scored_forward == s.excluded
+        assert s.excluded == len(excluded_before) and s.probed == s.excluded
     per_epoch = [b - a for a, b in zip([0] + steps_at_epoch_end, steps_at_epoch_end)]
     assert per_epoch == [math.ceil(a / BS) for a in actives]  # the Trainer ran each epoch's real length
     assert isinstance(full.lr_scheduler, EpochProgressLR)
@@ -150,7 +152,7 @@ def test_train_epochs_schedule_and_resume(tmp_path):
     resumed.train(resume_from_checkpoint=str(ckpt))
     assert resumed.ies.epoch == 4 and sorted(seen2) == [3]
     assert seen2[3] == seen[3]  # same samples in the same order
-    assert [s.as_dict() for s in resumed.ies.history_log] == [s.as_dict() for s in log]
+    assert [s.counts() for s in resumed.ies.history_log] == [s.counts() for s in log]
     assert torch.equal(resumed.ies.excluded, full.ies.excluded)
     assert torch.allclose(resumed.ies.history.nan_to_num(-1), full.ies.history.nan_to_num(-1), atol=1e-5)
     assert resumed.state.global_step == full.state.global_step
@@ -162,13 +164,39 @@ def test_causal_lm_trains_and_errors(tmp_path):
     assert [s.active for s in tr.ies.history_log] == [N, N]  # judged after two losses: nothing excluded before
     assert tr.ies.excluded.all()  # threshold 10: every sample mastered after epoch 2
 
-    no_idx = [{k: v for k, v in d.items() if k != "idx"} for d in lm_data()]
-    tr2 = IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=no_idx, ies_kwargs=RULE)
-    with pytest.raises(ValueError, match="'idx' column"):
-        tr2.train()
     with pytest.raises(ValueError, match="num_samples"):
-        IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=lm_data(),
-                   ies=__import__("ies").InstanceEarlyStopping(N + 1))
+        IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=lm_data(), ies=IES(N + 1))
+    with pytest.raises(ValueError, match="not both"):
+        IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=lm_data(), ies=IES(N), ies_kwargs=RULE)
+    tr3 = IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=lm_data(), ies_kwargs=RULE)
+    batch = next(iter(tr3.get_train_dataloader()))
+    batch.pop("idx")
+    tr3.model.train()
+    with pytest.raises(ValueError, match="'idx' entry"):
+        tr3.compute_loss(tr3.model, batch)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"ies_kwargs": {"target_saving": 0.4}}, {"target_saving": 0.4}),             # a rule field, passed through
+    ({"ies_config": IESConfig(threshold=0.2, window=1)}, {"threshold": 0.2, "window": 1}),
+    ({"ies_config": IESConfig(threshold=0.2), "ies_kwargs": {"order": 0}}, {"threshold": 0.2, "order": 0}),
+])
+def test_rule_parameters_reach_the_tracker(tmp_path, kwargs, expected):
+    tr = IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=lm_data(), **kwargs)
+    assert {k: getattr(tr.ies.config, k) for k in expected} == expected
+    if "target_saving" in expected:  # planned over num_train_epochs unless total_epochs is given
+        assert tr.ies.config.total_epochs == 1
+
+
+def test_train_loader_attaches_indices_and_drops_unused_columns(tmp_path):
+    tr = IESTrainer(model=bert(), args=args(tmp_path, 1), train_dataset=cls_data(), ies_kwargs=RULE)
+    seen = []
+    for batch in tr.get_train_dataloader():
+        assert set(batch) == {"input_ids", "attention_mask", "labels", "idx"}  # "length" dropped, index added
+        seen += batch["idx"].tolist()
+        rows = cls_data()
+        assert all(torch.equal(batch["input_ids"][j], rows[i]["input_ids"]) for j, i in enumerate(batch["idx"].tolist()))
+    assert sorted(seen) == list(range(N))
 
 
 def test_gradient_accumulation_steps_follow_each_epoch(tmp_path):
@@ -197,7 +225,7 @@ def test_padded_duplicates_in_a_batch_are_recorded_once(tmp_path):
     """accelerate's even_batches pads a short last batch by repeating samples, possibly in one batch."""
     tr = IESTrainer(model=bert(), args=args(tmp_path, 1), train_dataset=cls_data(), ies_kwargs=RULE)
     data = cls_data()
-    batch = torch.utils.data.default_collate([{k: v for k, v in data[i].items() if k != "length"} for i in (3, 1, 3)])
+    batch = tr.get_train_dataloader().collate_fn([(i, data[i]) for i in (3, 1, 3)])  # the train loader's collation
     tr.model.train()
     loss = tr.compute_loss(tr.model, batch)
     assert loss.dim() == 0 and loss.requires_grad

@@ -1,7 +1,11 @@
-"""IESCallback with a real lightning.Trainer on CPU: fit, epoch lengths, checkpoint/resume, ddp_spawn."""
+"""IESCallback with a real lightning.Trainer on CPU: fit, epoch lengths, checkpoint/resume, ddp_spawn.
+
+Only public Lightning API: the epoch lengths follow from reload_dataloaders_every_n_epochs=1.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning.pytorch as L  # noqa: E402  (the [lightning] extra; part of [dev])
 
-from ies import IndexedDataset, InstanceEarlyStopping  # noqa: E402
+from ies import IES, IESConfig, IndexedDataset  # noqa: E402
 from ies.distributed import DistributedIES  # noqa: E402
 from ies.integrations.lightning import IESCallback, ies_output  # noqa: E402
 from ies.training import EpochProgressLR  # noqa: E402
@@ -38,8 +42,8 @@ def make_data() -> TensorDataset:
     return TensorDataset(x, (x[:, 0] > 0).long())
 
 
-def score_forward(model, batch):
-    """Scoring pass over TensorDataset(arange(N)): the synthetic loss of the current epoch."""
+def probe_forward(model, batch):
+    """Probe pass over TensorDataset(arange(N)): the synthetic loss of the current epoch."""
     return synthetic_loss(batch[0], model.current_epoch)
 
 
@@ -108,7 +112,7 @@ class Probe(L.Callback):
 
 def reference_excluded(epochs: int) -> dict:
     """Single-process tracker fed the same per-sample losses: excluded set after each epoch."""
-    ies = InstanceEarlyStopping(N, **RULE)
+    ies = IES(N, **RULE)
     out = {}
     for e in range(epochs):
         ies.record(torch.arange(N), synthetic_loss(torch.arange(N), e))  # every sample has a loss each epoch
@@ -118,6 +122,7 @@ def reference_excluded(epochs: int) -> dict:
 
 
 def trainer(tmp_path, epochs, cbs, **kw):
+    kw.setdefault("reload_dataloaders_every_n_epochs", 1)
     return L.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, callbacks=cbs, use_distributed_sampler=False,
         logger=L.loggers.CSVLogger(str(tmp_path), name="logs"), enable_progress_bar=False,
@@ -127,7 +132,7 @@ def trainer(tmp_path, epochs, cbs, **kw):
 
 
 def new_cb():
-    return IESCallback(N, forward=score_forward, score_dataset=TensorDataset(torch.arange(N)), score_batch_size=16, **RULE)
+    return IESCallback(N, forward=probe_forward, probe_dataset=TensorDataset(torch.arange(N)), probe_batch_size=16, **RULE)
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +154,7 @@ def test_fit_epoch_lengths_logging_and_validation(tmp_path):
         trained = probe.trained[e]
         excluded_before = set(ref[e - 1]) if e else set()
         assert sorted(trained) == sorted(set(range(N)) - excluded_before), e  # each active sample once
-        assert probe.num_batches[e] == -(-active_counts[e] // BS)  # Lightning's cached length refreshed
+        assert probe.num_batches[e] == -(-active_counts[e] // BS)  # Lightning recounted the reloaded loader
     assert probe.val_runs == {e: 1 for e in range(6)}  # validation still at every (shorter) epoch's end
     assert [s.active for s in cb.ies.history_log] == active_counts
     assert float(t.callback_metrics["ies/excluded"]) == N - 64 + len(ref[4])
@@ -175,7 +180,7 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     for e in (3, 4, 5):
         assert probe2.excluded[e] == full_probe.excluded[e]
         assert probe2.trained[e] == full_probe.trained[e]  # same order: same epoch seeds, same active set
-    assert [s.as_dict() for s in cb2.ies.history_log] == [s.as_dict() for s in full_cb.ies.history_log]
+    assert [s.counts() for s in cb2.ies.history_log] == [s.counts() for s in full_cb.ies.history_log]
     assert torch.equal(cb2.ies.history.nan_to_num(-1), full_cb.ies.history.nan_to_num(-1))
 
 
@@ -203,18 +208,63 @@ def test_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="inside train_dataloader"):
         trainer(tmp_path, 1, [cb]).fit(WrongShards(cb))
 
+    # Without reloading, Lightning would keep the first epoch's batch count: refused in setup, with the fix.
+    with pytest.raises(ValueError, match=r"Trainer\(callbacks=\[ies_callback\], reload_dataloaders_every_n_epochs=1"):
+        trainer(tmp_path, 1, [cb], reload_dataloaders_every_n_epochs=0).fit(Net(cb))
+    with pytest.raises(ValueError, match="tracker you built"):
+        IESCallback(tracker=IES(N), loss_fn=torch.nn.CrossEntropyLoss(reduction="none"), threshold=0.1)
 
-def test_ddp_spawn_two_processes(tmp_path):
+
+@pytest.mark.parametrize("args, kwargs, expected", [
+    ((), {"target_saving": 0.4}, {"target_saving": 0.4}),                       # a rule field, passed through
+    ((IESConfig(threshold=0.2, window=1),), {}, {"threshold": 0.2, "window": 1}),  # a whole config
+    ((IESConfig(threshold=0.2),), {"order": 0}, {"threshold": 0.2, "order": 0}),  # fields override the config
+])
+def test_rule_parameters_reach_the_tracker(tmp_path, args, kwargs, expected):
+    cb = IESCallback(N, *args, forward=probe_forward, probe_dataset=TensorDataset(torch.arange(N)), **kwargs)
+    trainer(tmp_path, 2, [cb]).fit(Net(cb))
+    assert {k: getattr(cb.ies.config, k) for k in expected} == expected
+    if "target_saving" in expected:  # planned over the Trainer's max_epochs unless total_epochs is given
+        assert cb.ies.config.total_epochs == 2 and len(cb.ies.history_log) == 2
+
+
+def test_unknown_rule_parameter_is_refused():
+    with pytest.raises(ValueError, match="target_savings"):
+        IESCallback(N, loss_fn=torch.nn.CrossEntropyLoss(reduction="none"), target_savings=0.4)
+
+
+@contextlib.contextmanager
+def held_rendezvous(monkeypatch):
+    """A TCPStore that this process keeps listening on, for the spawned ranks to join.
+
+    Port 0 lets the OS pick a free port and the store keeps it bound, so no other process
+    can take it between choosing and using (bind-then-release could race). Lightning's
+    ddp_spawn initialises the process group from MASTER_ADDR/MASTER_PORT (env://);
+    TORCHELASTIC_USE_AGENT_STORE=True is how torchrun tells that rendezvous to join an
+    existing store as a client instead of starting one on rank 0.
+    """
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(store.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    try:
+        yield store
+    finally:
+        del store
+
+
+def test_ddp_spawn_two_processes(tmp_path, monkeypatch):
     """2 CPU processes (gloo): ranks agree, every active sample trained once, same sets as one process."""
     cb = new_cb()
     assert isinstance(cb.ies, DistributedIES)
     ck = L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_last=True)
     t = L.Trainer(
         max_epochs=5, accelerator="cpu", devices=2, strategy="ddp_spawn", callbacks=[cb, Probe(str(tmp_path)), ck],
-        use_distributed_sampler=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=str(tmp_path),
+        use_distributed_sampler=False, reload_dataloaders_every_n_epochs=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(tmp_path),
     )
-    t.fit(Net(cb))
+    with held_rendezvous(monkeypatch):
+        t.fit(Net(cb))
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     ref = reference_excluded(5)
@@ -240,13 +290,23 @@ class NetSched(Net):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def test_empty_epochs_and_epoch_progress_schedule(tmp_path, monkeypatch):
-    """Every sample excluded: empty epochs, not the end of fit; the LR schedule still ends at its end."""
-    monkeypatch.setattr(sys.modules[__name__], "CUT", {1: N, 2: N})  # all excluded at epochs 2 and 3
+def test_epoch_progress_schedule_follows_each_epoch_length(tmp_path):
+    """Epochs of 8, 8, 3, 7, 2, 8 batches: an EpochProgressLR still ends exactly at its end."""
     cb, probe = new_cb(), Probe()
     t = trainer(tmp_path, 6, [cb, probe])
     t.fit(NetSched(cb))
-    assert [s.active for s in cb.ies.history_log] == [N, N, 0, 0, N, N]
-    assert {e: len(v) for e, v in probe.trained.items()} == {0: N, 1: N, 2: 0, 3: 0, 4: N, 5: N}
+    assert list(probe.num_batches.values()) == [8, 8, 3, 7, 2, 8]
     sched = t.lr_scheduler_configs[0].scheduler
     assert sched.progress == 1.0 and sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_every_sample_mastered_stops_fit_with_the_reason(tmp_path, monkeypatch):
+    """Lightning ends fit() on an empty train loader: the callback stops on purpose and says why."""
+    monkeypatch.setattr(sys.modules[__name__], "CUT", {1: N})  # every sample mastered after epoch 1
+    cb, probe = new_cb(), Probe()
+    t = trainer(tmp_path, 6, [cb, probe])
+    with pytest.warns(UserWarning, match="every sample is mastered after epoch 1"):
+        t.fit(NetSched(cb))
+    assert [s.active for s in cb.ies.history_log] == [N, N]
+    assert cb.ies.num_active == 0 and t.current_epoch == 2 and t.should_stop
+    assert sorted(probe.trained) == [0, 1]  # no empty epoch was started

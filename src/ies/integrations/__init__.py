@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import Any, Dict, Optional
 
-__all__ = ["require"]  # the integrations' names load lazily: IESCallback, ies_output, IESTrainer, ...
+__all__ = ["require", "rule_for_run"]  # the integrations' names load lazily: IESCallback, ies_output, IESTrainer, ...
 
 _LAZY = {
     "IESCallback": "lightning",
@@ -41,6 +41,29 @@ def require(module: str, extra: str) -> ModuleType:
         raise ImportError(
             f"this IES integration needs {module.split('.')[0]!r}: pip install instance-early-stopping[{extra}]"
         ) from e
+
+
+def rule_for_run(config: Any, rule: Dict[str, Any], total_epochs: Optional[int]) -> Dict[str, Any]:
+    """The tracker's keyword arguments: ``config`` and ``rule`` fields, plus the run's length.
+
+    A rule planned over the run (``target_saving``, ``anneal_fraction > 0``) needs
+    ``total_epochs``; when the user gave none, the framework's planned epochs are used.
+
+    Example:
+        >>> rule_for_run(None, {"target_saving": 0.4}, 30)
+        {'target_saving': 0.4, 'total_epochs': 30}
+    """
+    out = dict(rule)
+    if config is not None:
+        out["config"] = config
+
+    def given(name: str, default: Any) -> Any:
+        return rule.get(name, getattr(config, name, default))
+
+    planned = given("target_saving", None) is not None or (given("anneal_fraction", 0.0) or 0.0) > 0
+    if planned and given("total_epochs", None) is None and total_epochs is not None:
+        out["total_epochs"] = int(total_epochs)
+    return out
 
 
 def __getattr__(name: str) -> Any:

@@ -1,34 +1,37 @@
 """Hugging Face ``transformers.Trainer`` integration: ``IESTrainer``.
 
-The Trainer reduces the loss to a batch mean, so IES needs two hooks, both in
-:class:`IESTrainer` (a ``Trainer`` subclass):
+The Trainer reduces the loss to a batch mean and samples all of the data, so IES uses
+three hooks the Trainer documents for subclassing, in :class:`IESTrainer`:
 
-* **per-sample losses**: ``compute_loss`` pops the sample-index column (``"idx"``) and
-  the labels, runs the model without labels and computes one loss per sample
-  (:func:`per_sample_loss`): cross-entropy for sequence classification, MSE for
-  regression, and for causal / masked language models the mean of the sample's token
-  losses over its non-padding tokens (label ``-100``; causal LMs shift labels by one).
-  It records them and returns their mean, which the Trainer backpropagates.
-* **the active sampler**: ``_get_train_sampler`` returns an :class:`~ies.ActiveSampler`
-  over the whole active set; under DDP ``accelerate`` shards its batches across
-  processes (so the sampler is built with ``num_replicas=1``).
+* ``get_train_dataloader``: the train loader samples with an :class:`~ies.ActiveSampler`
+  over the whole active set (under DDP ``accelerate`` shards its batches across
+  processes, so the sampler is built with ``num_replicas=1``) and attaches each sample's
+  dataset index to the batch (under ``index_column``; the rows need no index column).
+* ``compute_loss``: pops the index and the labels, runs the model without labels and
+  computes one loss per sample (:func:`per_sample_loss`): cross-entropy for sequence
+  classification, MSE for regression, and for causal / masked language models the mean
+  of the sample's token losses over its non-padding tokens (label ``-100``; causal LMs
+  shift labels by one). It records them and returns their mean, which the Trainer
+  backpropagates.
+* ``create_scheduler``: the Trainer-created LR schedule is driven by epoch progress
+  (:class:`~ies.training.EpochProgressLR`), so it ends where it was meant to even though
+  epochs are shorter; ``rescale_lr_schedule=False`` keeps the step-based one.
 
-An :class:`IESTrainerCallback` (added for you) runs the scoring pass and ``step()`` at
+An :class:`IESTrainerCallback` (added for you) runs the probe pass and ``step()`` at
 each epoch end, logs the statistics (``ies/...`` in ``trainer.state.log_history`` and
 every ``report_to`` integration), and writes ``ies_state.pt`` into every checkpoint
-folder. ``train(resume_from_checkpoint=...)`` restores it, and resumes at the right
-epoch and batch even though IES changed the epoch lengths.
+folder; ``train(resume_from_checkpoint=...)`` restores it.
 
-Epoch lengths: the Trainer plans ``max_steps`` from the full-data length (the schedule
-you asked for) and each epoch runs as many steps as its active set needs. The default
-LR schedule is re-driven by epoch progress (:class:`~ies.training.EpochProgressLR`), so
-it still ends where it was meant to; ``rescale_lr_schedule=False`` keeps the
-step-based one.
+Epoch lengths: the Trainer plans the run (``max_steps``, the schedule) from the
+full-data length, as for a run without IES. It plans each epoch's length only once, and
+on resume it derives the epoch from the global step; no public hook can change either,
+so those two private methods are overridden in :mod:`ies.integrations._compat`, which
+checks the installed transformers version (5.3 or later) at import.
 
 Example:
-    >>> train = [{"input_ids": ids, "attention_mask": mask, "labels": y, "idx": i} for i, ...]
+    >>> train = [{"input_ids": ids, "attention_mask": mask, "labels": y} for ids, mask, y in rows]
     >>> trainer = IESTrainer(model=model, args=TrainingArguments("out", num_train_epochs=10),
-    ...                      train_dataset=train, ies_kwargs={"threshold": 1e-3})
+    ...                      train_dataset=train, ies_kwargs={"target_saving": 0.4})
     >>> trainer.train()                                   # or train(resume_from_checkpoint=True)
 """
 
@@ -36,27 +39,31 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 import warnings
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-from . import require
+from . import require, rule_for_run
 
-require("transformers", "huggingface")
+transformers = require("transformers", "huggingface")
 
 from transformers import Trainer, TrainerCallback  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 
+from .. import IES, EpochStats, IESConfig  # noqa: E402
 from ..distributed import DistributedIES, merge_records  # noqa: E402
+from ..probing import to_device  # noqa: E402
 from ..sampler import ActiveSampler  # noqa: E402
-from ..scoring import to_device  # noqa: E402
-from ..tracker import EpochStats, InstanceEarlyStopping  # noqa: E402
 from ..training import EpochProgressLR  # noqa: E402
+from . import _compat  # noqa: E402
+
+_compat.check_trainer(Trainer, transformers.__version__)
 
 __all__ = ["IESTrainer", "IESTrainerCallback", "per_sample_loss", "IES_STATE_NAME"]
 
@@ -112,36 +119,81 @@ def _at_step(step_lambda: Callable[[float], float], total_steps: int, progress: 
     return step_lambda(progress * total_steps)
 
 
+class _WithIndex(Dataset):
+    """``dataset[i] -> (i, dataset[i])``: the train loader learns each sample's index from the sampler."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Tuple[int, Any]:
+        return i, self.dataset[i]
+
+
+class _IndexCollator:
+    """Collate ``(i, row)`` pairs with the Trainer's collator; the indices go under ``index_column``.
+
+    ``keep``: the columns the model's forward accepts (plus labels), as the Trainer's own
+    column filter keeps them when ``remove_unused_columns`` is on; None keeps every column.
+    """
+
+    def __init__(self, collate: Callable[[List[Any]], Any], index_column: str, keep: Optional[Sequence[str]]) -> None:
+        self.collate = collate
+        self.index_column = index_column
+        self.keep = None if keep is None else frozenset(keep)
+
+    def __call__(self, pairs: List[Tuple[int, Any]]) -> Any:
+        rows = [row for _, row in pairs]
+        if self.keep is not None:
+            rows = [{k: v for k, v in row.items() if k in self.keep} if isinstance(row, Mapping) else row
+                    for row in rows]
+        batch = self.collate(rows)
+        batch[self.index_column] = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+        return batch
+
+
 class IESTrainerCallback(TrainerCallback):
-    """Epoch-end scoring pass + ``step()``, logging, and IES state in checkpoints (added by :class:`IESTrainer`)."""
+    """Epoch-end probe pass + ``step()``, logging, IES state in checkpoints (added by :class:`IESTrainer`)."""
 
     def __init__(self, trainer: "IESTrainer") -> None:
         self.trainer = trainer
         self.epoch_start_step = 0
         self.last_stats: Optional[EpochStats] = None
 
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.epoch_start_step = state.global_step
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Restored here, after the Trainer planned the run from the full data (as without IES).
+        saved = self.trainer._ies_resume
+        if saved is not None:
+            self.trainer.ies.load_state_dict(saved["tracker"])
+            self.epoch_start_step = int(saved["epoch_start_step"])
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None,
+                       lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if self.trainer._ies_resume is None:
+            self.epoch_start_step = state.global_step
+        self.trainer._ies_resume = None  # a resumed epoch keeps its saved start; later ones start here
+        sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+        if isinstance(sched, EpochProgressLR) and train_dataloader is not None:
+            updates = -(-len(train_dataloader) // args.gradient_accumulation_steps)
+            sched.begin_epoch(updates, self.trainer.ies.epoch)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, train_dataloader: Any = None,
                      **kwargs: Any) -> None:
         tr = self.trainer
         loader = train_dataloader if train_dataloader is not None else tr.callback_handler.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        dataset = tr.train_dataset if dataset is None else dataset
-        collate = getattr(loader, "collate_fn", None)
-        collate = tr.data_collator if collate is None else collate
 
         def forward(m: torch.nn.Module, batch: Mapping[str, Any]) -> Tensor:
             with tr.compute_loss_context_manager():
                 return tr.per_sample_losses(m, to_device(batch, args.device))[0]
 
-        stats = tr.ies.end_epoch(model if model is not None else tr.model, dataset, None, forward=forward,
-                                 collate_fn=collate, batch_size=tr.score_batch_size or args.per_device_eval_batch_size,
-                                 device=args.device)
+        stats = tr.ies.end_epoch(model if model is not None else tr.model, loader.dataset, None, forward=forward,
+                                 collate_fn=loader.collate_fn,
+                                 batch_size=tr.probe_batch_size or args.per_device_eval_batch_size, device=args.device)
         self.last_stats = stats
         self.epoch_start_step = state.global_step  # the next epoch starts here
-        tr.log({f"ies/{k}": float(v) for k, v in stats.as_dict().items()})
+        tr.log({f"ies/{k}": float(v) for k, v in stats.as_dict().items() if v is not None})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         ies = self.trainer.ies
@@ -157,37 +209,39 @@ class IESTrainerCallback(TrainerCallback):
                     "global_step": state.global_step}, os.path.join(folder, IES_STATE_NAME))
 
 
-class IESTrainer(Trainer):
+class IESTrainer(_compat.TrainerEpochHooks, Trainer):
     """``transformers.Trainer`` that trains only the samples IES keeps active.
 
     Args (besides the Trainer's):
         ies: your tracker (a :class:`~ies.distributed.DistributedIES` for multi-process runs);
-            default: a ``DistributedIES(len(train_dataset), **ies_kwargs)``.
-        ies_kwargs: the rule's parameters when the trainer builds the tracker.
-        index_column: the dataset column holding each sample's index ``0..N-1``; kept by
-            the column filter (``remove_unused_columns`` may stay True) and popped before
-            the forward.
+            default: a ``DistributedIES(len(train_dataset), ies_config, **ies_kwargs)``.
+        ies_config: an :class:`~ies.IESConfig` for the tracker the trainer builds.
+        ies_kwargs: rule fields (any ``IESConfig`` field, e.g. ``{"target_saving": 0.4}``);
+            they override ``ies_config``.
+        index_column: the batch key under which the train loader puts each sample's dataset
+            index (popped before the forward; the rows themselves need no index).
         loss_type: ``"auto"`` (from logits shape / model class), ``"classification"``,
             ``"regression"``, ``"causal_lm"`` or ``"token"``; see :func:`per_sample_loss`.
         per_sample_loss_fn: ``f(outputs, labels) -> (B,)`` to compute the losses yourself.
         rescale_lr_schedule: drive the Trainer-created LR schedule by epoch progress.
-        score_batch_size: scoring-pass batch size (default ``per_device_eval_batch_size``).
+        probe_batch_size: probe-pass batch size (default ``per_device_eval_batch_size``).
 
     Example:
-        >>> trainer = IESTrainer(model=model, args=args, train_dataset=train, ies_kwargs={"threshold": 1e-3})
+        >>> trainer = IESTrainer(model=model, args=args, train_dataset=train, ies_kwargs={"target_saving": 0.4})
         >>> trainer.train(); trainer.ies.history_log[-1]
     """
 
     def __init__(
         self,
         *args: Any,
-        ies: Optional[InstanceEarlyStopping] = None,
+        ies: Optional[IES] = None,
+        ies_config: Optional[IESConfig] = None,
         ies_kwargs: Optional[Dict[str, Any]] = None,
         index_column: str = "idx",
         loss_type: str = "auto",
         per_sample_loss_fn: Optional[Callable[[Any, Tensor], Tensor]] = None,
         rescale_lr_schedule: bool = True,
-        score_batch_size: Optional[int] = None,
+        probe_batch_size: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -195,10 +249,15 @@ class IESTrainer(Trainer):
             raise ValueError(f"loss_type must be one of {_LOSS_TYPES}, got {loss_type!r}")
         ds = self.train_dataset
         if ds is None or isinstance(ds, torch.utils.data.IterableDataset) or not hasattr(ds, "__len__"):
-            raise ValueError("IESTrainer needs a map-style train_dataset (with __len__ and an index column)")
-        if ies is not None and ies_kwargs:
-            raise ValueError("pass either ies=tracker or ies_kwargs={...} (to build one), not both")
-        self.ies: InstanceEarlyStopping = ies if ies is not None else DistributedIES(len(ds), **(ies_kwargs or {}))
+            raise ValueError("IESTrainer needs a map-style train_dataset (with __len__ and rows by index)")
+        if ies is not None and (ies_kwargs or ies_config is not None):
+            raise ValueError("pass either ies=tracker or ies_config / ies_kwargs (to build one), not both")
+        if ies is None:
+            epochs = self.args.num_train_epochs
+            planned = int(epochs) if self.args.max_steps <= 0 and float(epochs) == int(epochs) else None
+            # IES validates the fields and names the valid ones; target_saving plans over num_train_epochs
+            ies = DistributedIES(len(ds), **rule_for_run(ies_config, dict(ies_kwargs or {}), planned))
+        self.ies: IES = ies
         if self.ies.num_samples != len(ds):
             raise ValueError(f"the tracker has num_samples={self.ies.num_samples} but train_dataset has {len(ds)} "
                              "samples; build it with len(train_dataset)")
@@ -209,28 +268,33 @@ class IESTrainer(Trainer):
         self.loss_type = loss_type
         self.per_sample_loss_fn = per_sample_loss_fn
         self.rescale_lr_schedule = rescale_lr_schedule
-        self.score_batch_size = score_batch_size
+        self.probe_batch_size = probe_batch_size
         # compute_loss returns a per-batch mean: let the Trainer scale it for accumulation,
         # and do not count tokens for a token-normalized loss.
         self.model_accepts_loss_kwargs = False
         self._ies_resume: Optional[Dict[str, Any]] = None
         self.ies_callback = IESTrainerCallback(self)
         self.add_callback(self.ies_callback)
-        missing = [m for m in ("_run_epoch", "_init_training_state", "set_initial_training_values")
-                   if not hasattr(Trainer, m)]
-        if missing:
-            warnings.warn(f"this transformers version lacks Trainer.{missing}: IES cannot adjust epoch lengths and "
-                          "resume points; use transformers>=5", stacklevel=2)
 
     # ------------------------------------------------------------- data
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if self._signature_columns is not None and self.index_column not in self._signature_columns:
-            self._signature_columns.append(self.index_column)
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> ActiveSampler:
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return ActiveSampler(self.ies, shuffle=True, seed=seed, num_replicas=1, rank=0)
+    def get_train_dataloader(self) -> DataLoader:
+        """The train loader over the active set: ``ActiveSampler`` + each sample's index in the batch."""
+        args = self.args
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        keep = None
+        if args.remove_unused_columns:  # the Trainer's column filter, applied to the rows we hand its collator
+            model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            keep = [*inspect.signature(model.forward).parameters, *self.label_names, "label", "label_ids"]
+        workers = args.dataloader_num_workers
+        loader = DataLoader(
+            _WithIndex(self.train_dataset), batch_size=args.train_batch_size,
+            sampler=ActiveSampler(self.ies, shuffle=True, seed=seed, num_replicas=1, rank=0),
+            collate_fn=_IndexCollator(self.data_collator, self.index_column, keep), num_workers=workers,
+            pin_memory=args.dataloader_pin_memory, drop_last=args.dataloader_drop_last,
+            persistent_workers=args.dataloader_persistent_workers if workers > 0 else False,
+            prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+        )
+        return self.accelerator.prepare(loader)
 
     # ------------------------------------------------------------- losses
     def per_sample_losses(self, model: torch.nn.Module, inputs: Dict[str, Any]) -> Tuple[Tensor, Any, Optional[Tensor]]:
@@ -256,8 +320,9 @@ class IESTrainer(Trainer):
         if model.training:
             if idx is None:
                 raise ValueError(
-                    f"the training batch has no {self.index_column!r} column: give every train_dataset item its "
-                    f"index (item[{self.index_column!r}] = i) and keep it in the collator (or set index_column=)"
+                    f"the training batch has no {self.index_column!r} entry: IESTrainer.get_train_dataloader puts "
+                    "it there; if you override get_train_dataloader, keep the batch's sample indices under "
+                    f"{self.index_column!r} (or set index_column=)"
                 )
             # accelerate pads a short last batch by repeating samples (even_batches), possibly
             # inside one batch: record each sample once (its first occurrence).
@@ -266,16 +331,7 @@ class IESTrainer(Trainer):
         loss = losses.mean()
         return (loss, outputs) if return_outputs else loss
 
-    # ------------------------------------------------------------- epoch lengths & schedule
-    def set_initial_training_values(self, args: Any, dataloader: Any, *rest: Any, **kwargs: Any) -> Any:
-        """Plan steps from the full-data length (the schedule the user asked for), not the current active set."""
-        saved = self.ies.num_active
-        self.ies.num_active = self.ies.num_samples
-        try:
-            return super().set_initial_training_values(args, dataloader, *rest, **kwargs)
-        finally:
-            self.ies.num_active = saved
-
+    # ------------------------------------------------------------- schedule
     def create_scheduler(self, num_training_steps: int, optimizer: Optional[torch.optim.Optimizer] = None) -> Any:
         created = self.lr_scheduler is None
         sched = super().create_scheduler(num_training_steps, optimizer)
@@ -290,18 +346,6 @@ class IESTrainer(Trainer):
         self.lr_scheduler = EpochProgressLR(sched.optimizer, lambdas, int(epochs))
         return self.lr_scheduler
 
-    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
-        bound = inspect.signature(super()._run_epoch).bind(*args, **kwargs)
-        a = bound.arguments
-        steps = len(a["train_dataloader"])  # this epoch's batches, from the current active set
-        updates = math.ceil(steps / self.args.gradient_accumulation_steps)
-        a["steps_in_epoch"] = steps
-        a["num_update_steps_per_epoch"] = max(1, updates)
-        sched = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)
-        if isinstance(sched, EpochProgressLR):
-            sched.begin_epoch(updates, int(a["epoch"]))
-        return super()._run_epoch(*bound.args, **bound.kwargs)
-
     # ------------------------------------------------------------- resume
     def train(self, resume_from_checkpoint: Any = None, trial: Any = None, ignore_keys_for_eval: Any = None,
               **kwargs: Any) -> Any:
@@ -313,22 +357,9 @@ class IESTrainer(Trainer):
         if isinstance(ckpt, (str, os.PathLike)):
             path = os.path.join(ckpt, IES_STATE_NAME)
             if os.path.isfile(path):
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-                self.ies.load_state_dict(saved["tracker"])
-                self._ies_resume = saved
-                self.ies_callback.epoch_start_step = int(saved["epoch_start_step"])
+                # loaded into the tracker at on_train_begin, after the Trainer planned the run
+                self._ies_resume = torch.load(path, map_location="cpu", weights_only=True)
             else:
                 warnings.warn(f"{ckpt} has no {IES_STATE_NAME}: IES starts from scratch", stacklevel=2)
         return super().train(resume_from_checkpoint=ckpt, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
                              **kwargs)
-
-    def _init_training_state(self, max_steps: int, num_update_steps_per_epoch: int, num_train_epochs: int,
-                             resume_from_checkpoint: Any, trial: Any) -> Tuple[int, int]:
-        epochs, steps = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs,
-                                                     resume_from_checkpoint, trial)
-        if resume_from_checkpoint is not None and self._ies_resume is not None:
-            # Epochs have different lengths: the global step no longer tells the epoch. IES knows it.
-            epochs = self.ies.epoch
-            done = self.state.global_step - int(self._ies_resume["epoch_start_step"])
-            steps = 0 if self.args.ignore_data_skip else done * self.args.gradient_accumulation_steps
-        return epochs, steps

@@ -2,32 +2,37 @@
 
 Wiring (three lines in your code):
 
-1. build the train loader on ``IndexedDataset`` with ``sampler=callback.sampler()``;
+1. build the train loader on ``IndexedDataset`` with ``sampler=callback.sampler()``
+   inside ``train_dataloader()``;
 2. return ``ies_output(idx, per_sample_losses)`` from ``training_step``;
-3. ``Trainer(callbacks=[callback], use_distributed_sampler=False)`` (the flag matters
-   under DDP: Lightning would otherwise wrap the sampler in a DistributedSampler; the
-   ``ActiveSampler`` shards the active set itself).
+3. ``Trainer(callbacks=[callback], reload_dataloaders_every_n_epochs=1,
+   use_distributed_sampler=False)``.
 
-The callback records the losses (``on_train_batch_end``), runs the scoring pass and
+Epoch lengths change with IES. ``reload_dataloaders_every_n_epochs=1`` is Lightning's
+documented way to say so: it calls ``train_dataloader()`` again at every epoch start
+(after the callback's ``step()``), and Lightning itself recounts the batches, the
+validation interval and the progress bar. ``use_distributed_sampler=False`` keeps
+Lightning from wrapping the sampler in a ``DistributedSampler`` under DDP: the
+``ActiveSampler`` shards the active set itself. The callback checks both in ``setup``.
+
+The callback records the losses (``on_train_batch_end``), runs the probe pass and
 ``step()`` at ``on_train_epoch_end``, logs the :class:`~ies.EpochStats` through
 ``LightningModule.log_dict`` (so every logger gets them, under ``ies/``), and saves its
 state in Lightning checkpoints. Under DDP it uses :class:`~ies.distributed.DistributedIES`
-so every rank holds the same state.
-
-Epoch lengths change with IES. The sampler reads the active set in ``__iter__``, so
-``reload_dataloaders_every_n_epochs`` is not needed, but Lightning caches the number of
-batches once; the callback refreshes it (``num_training_batches``, the loader limits,
-``val_check_batch``) after every ``step()`` so shorter and longer epochs both run whole.
+so every rank holds the same state. Only public Lightning API is used (callback hooks,
+``trainer.world_size``/``global_rank``/``num_training_batches``/``train_dataloader``,
+``trainer.should_stop``).
 
 Example:
-    >>> ies_cb = IESCallback(len(train_set), loss_fn=nn.CrossEntropyLoss(reduction="none"))
+    >>> ies_cb = IESCallback(len(train_set), loss_fn=nn.CrossEntropyLoss(reduction="none"), target_saving=0.4)
     >>> class Model(L.LightningModule):
     ...     def train_dataloader(self):
     ...         return DataLoader(IndexedDataset(train_set), sampler=ies_cb.sampler(), batch_size=64)
     ...     def training_step(self, batch, batch_idx):
     ...         idx, (x, y) = batch
     ...         return ies_output(idx, F.cross_entropy(self(x), y, reduction="none"))
-    >>> L.Trainer(max_epochs=30, callbacks=[ies_cb], use_distributed_sampler=False).fit(Model())
+    >>> L.Trainer(max_epochs=30, callbacks=[ies_cb], reload_dataloaders_every_n_epochs=1,
+    ...           use_distributed_sampler=False).fit(Model())
 """
 
 from __future__ import annotations
@@ -40,15 +45,16 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from . import require
+from . import require, rule_for_run
 
 require("lightning.pytorch", "lightning")
 
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
+from .. import IES, EpochStats, IESConfig  # noqa: E402
 from ..distributed import DistributedIES  # noqa: E402
 from ..sampler import ActiveSampler  # noqa: E402
-from ..tracker import EpochStats, InstanceEarlyStopping, check_record  # noqa: E402
+from ..state import check_record  # noqa: E402
 from ..training import EpochProgressLR  # noqa: E402
 
 __all__ = ["IESCallback", "ies_output"]
@@ -68,7 +74,7 @@ def ies_output(indices: Tensor, losses: Tensor, *, reduction: str = "mean", **ex
         ...     idx, (x, y) = batch
         ...     return ies_output(idx, F.cross_entropy(self(x), y, reduction="none"))
     """
-    check_record(indices, losses, 0)
+    check_record(indices, losses)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     loss = losses.mean() if reduction == "mean" else losses.sum()
@@ -100,57 +106,65 @@ class IESCallback(Callback):
 
     Args:
         num_samples: training-set size; the callback builds a
-            :class:`~ies.distributed.DistributedIES` (a plain tracker in one process).
+            :class:`~ies.distributed.DistributedIES` (a plain tracker in one process) from
+            ``config`` and ``**rule`` (any :class:`~ies.IESConfig` field: ``threshold``,
+            ``target_saving``, ``probe_every``, ...).
+        config: an :class:`~ies.IESConfig`; ``**rule`` fields override it.
         tracker: or pass your own tracker (a ``DistributedIES`` for multi-process runs).
-        loss_fn: ``loss_fn(model(x), y)`` per sample (``reduction="none"``) for the scoring
+        loss_fn: ``loss_fn(model(x), y)`` per sample (``reduction="none"``) for the probe
             pass over excluded samples; or
         forward: ``forward(model, batch) -> per-sample losses`` for other batch structures.
             ``batch`` is a collated batch of the raw dataset items (no indices).
-        score_dataset: dataset the scoring pass reads (default: the train loader's).
-        score_collate_fn, score_batch_size: scoring loader settings.
+        probe_dataset: dataset the probe pass reads (default: the train loader's).
+        probe_collate_fn, probe_batch_size: probe loader settings.
         shuffle, seed, drop_last: defaults for :meth:`sampler`.
         log_stats: log the epoch statistics via ``pl_module.log_dict`` under ``prefix``.
-        **ies_kwargs: the rule's parameters (``threshold``, ``order``, ``window``, ...).
 
     Example:
-        >>> cb = IESCallback(len(train_set), loss_fn=nn.CrossEntropyLoss(reduction="none"), threshold=1e-3)
+        >>> cb = IESCallback(len(train_set), loss_fn=nn.CrossEntropyLoss(reduction="none"), target_saving=0.4)
     """
 
     def __init__(
         self,
         num_samples: Optional[int] = None,
+        config: Optional[IESConfig] = None,
         *,
-        tracker: Optional[InstanceEarlyStopping] = None,
+        tracker: Optional[IES] = None,
         loss_fn: Optional[Callable[..., Tensor]] = None,
         forward: Optional[Callable[[torch.nn.Module, Any], Tensor]] = None,
-        score_dataset: Any = None,
-        score_collate_fn: Optional[Callable] = None,
-        score_batch_size: int = 256,
+        probe_dataset: Any = None,
+        probe_collate_fn: Optional[Callable] = None,
+        probe_batch_size: int = 256,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
         log_stats: bool = True,
         prefix: str = "ies/",
-        **ies_kwargs: Any,
+        **rule: Any,
     ) -> None:
         super().__init__()
         if (num_samples is None) == (tracker is None):
             raise ValueError("pass either num_samples=len(train_set) or tracker=DistributedIES(...), not both or neither")
-        if tracker is not None and ies_kwargs:
-            raise ValueError(f"rule parameters {sorted(ies_kwargs)} go to the tracker you built, not to IESCallback")
+        if tracker is not None and (rule or config is not None):
+            raise ValueError(f"rule parameters {sorted(rule) or ['config']} go to the tracker you built, not to IESCallback")
         if loss_fn is None and forward is None:
             raise ValueError(
                 "IESCallback needs loss_fn(outputs, targets) (reduction='none') or forward(model, batch) "
-                "to score the excluded samples at each epoch end"
+                "to probe the excluded samples at each epoch end"
             )
-        if score_batch_size < 1:
-            raise ValueError(f"score_batch_size must be >= 1, got {score_batch_size}")
-        self.ies: InstanceEarlyStopping = tracker if tracker is not None else DistributedIES(num_samples, **ies_kwargs)
+        if probe_batch_size < 1:
+            raise ValueError(f"probe_batch_size must be >= 1, got {probe_batch_size}")
+        self._num_samples = num_samples
+        self._rule = (config, rule)
+        if tracker is None and rule_for_run(config, rule, None) == rule_for_run(config, rule, 1):
+            tracker = DistributedIES(num_samples, **rule_for_run(config, rule, None))  # validates, names valid fields
+        # else: a rule planned over the run (target_saving, annealing) gets Trainer.max_epochs in setup()
+        self.ies: IES = tracker  # type: ignore[assignment]
         self.loss_fn = loss_fn
         self.forward = forward
-        self.score_dataset = score_dataset
-        self.score_collate_fn = score_collate_fn
-        self.score_batch_size = score_batch_size
+        self.probe_dataset = probe_dataset
+        self.probe_collate_fn = probe_collate_fn
+        self.probe_batch_size = probe_batch_size
         self.sampler_kwargs = {"shuffle": shuffle, "seed": seed, "drop_last": drop_last}
         self.log_stats = log_stats
         self.prefix = prefix
@@ -185,14 +199,39 @@ class IESCallback(Callback):
 
     # ------------------------------------------------------------- Lightning hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._world = (int(trainer.world_size), int(trainer.global_rank))
-        if self._world[0] > 1 and not isinstance(self.ies, DistributedIES):
-            raise ValueError(
-                f"training runs on {self._world[0]} processes but the tracker is a plain InstanceEarlyStopping: "
-                "pass num_samples=... (the callback builds a DistributedIES) or tracker=DistributedIES(...)"
+        if stage != "fit":
+            return
+        if self.ies is None:
+            if trainer.max_epochs is None or trainer.max_epochs < 1:
+                raise ValueError("target_saving / anneal_fraction plan over the run: pass total_epochs=... to "
+                                 "IESCallback, or Trainer(max_epochs=...)")
+            self.ies = DistributedIES(self._num_samples, **rule_for_run(*self._rule, trainer.max_epochs))
+        problems = []
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            problems.append(
+                f"reload_dataloaders_every_n_epochs={trainer.reload_dataloaders_every_n_epochs}: IES changes the "
+                "epoch length, and Lightning recounts the batches only when it reloads the train loader"
             )
+        world = int(trainer.world_size)
+        if world > 1 and not isinstance(self.ies, DistributedIES):
+            problems.append(f"{world} processes but a single-process tracker: pass num_samples=... (the callback "
+                            "builds a DistributedIES) or tracker=DistributedIES(...)")
+        if problems:
+            raise ValueError(
+                "IESCallback cannot run with this Trainer: " + "; ".join(problems) + ". Build it as "
+                "Trainer(callbacks=[ies_callback], reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False, ...)"
+            )
+        self._world = (world, int(trainer.global_rank))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._check_loader(trainer)
+        if self.ies.epoch != trainer.current_epoch:
+            warnings.warn(
+                f"IES is at epoch {self.ies.epoch} but the Trainer at {trainer.current_epoch}: was the checkpoint "
+                "saved without this callback? IES continues from its own state.", stacklevel=2,
+            )
+
+    def _check_loader(self, trainer: Any) -> None:
         loaders = _flatten(trainer.train_dataloader)
         found, sampler = None, None
         for dl in loaders:
@@ -219,21 +258,17 @@ class IESCallback(Callback):
                 f"the train dataset has {len(self._dataset)} samples but IES was built for {self.ies.num_samples}; "
                 "pass num_samples=len(train_set)"
             )
-        if self.ies.epoch != trainer.current_epoch:
-            warnings.warn(
-                f"IES is at epoch {self.ies.epoch} but the Trainer at {trainer.current_epoch}: was the checkpoint "
-                "saved without this callback? IES continues from its own state.", stacklevel=2,
-            )
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._in_epoch = True
         self._recorded = 0
         self._batches = 0
-        _refresh_num_batches(trainer)
-        n = trainer.num_training_batches
+        if trainer.current_epoch > 0:
+            self._check_loader(trainer)  # reloaded: train_dataloader() may build a different loader each epoch
+        n = trainer.num_training_batches  # recounted by Lightning for this epoch's loader
         if n != float("inf"):
             steps = math.ceil(n / max(1, int(trainer.accumulate_grad_batches)))
-            for cfg in getattr(trainer, "lr_scheduler_configs", []):
+            for cfg in trainer.lr_scheduler_configs:
                 if isinstance(cfg.scheduler, EpochProgressLR) and cfg.interval == "step":
                     cfg.scheduler.begin_epoch(steps, trainer.current_epoch)
 
@@ -248,19 +283,29 @@ class IESCallback(Callback):
                 "no per-sample losses reached IES this epoch: return ies_output(idx, per_sample_losses) "
                 "from training_step (or call ies_callback.record(idx, losses) there)"
             )
-        dataset = self.score_dataset if self.score_dataset is not None else self._dataset
+        dataset = self.probe_dataset if self.probe_dataset is not None else self._dataset
         ctx = getattr(getattr(trainer, "precision_plugin", None), "forward_context", contextlib.nullcontext)
         with ctx():
             stats = self.ies.end_epoch(
-                pl_module, dataset, self.loss_fn, forward=self.forward, batch_size=self.score_batch_size,
-                collate_fn=self.score_collate_fn,
+                pl_module, dataset, self.loss_fn, forward=self.forward, batch_size=self.probe_batch_size,
+                collate_fn=self.probe_collate_fn,
             )
         self._in_epoch = False
         self.last_stats = stats
         if self.log_stats:
-            pl_module.log_dict({f"{self.prefix}{k}": float(v) for k, v in stats.as_dict().items()},
+            pl_module.log_dict({f"{self.prefix}{k}": float(v) for k, v in stats.as_dict().items() if v is not None},
                                on_step=False, on_epoch=True, sync_dist=self._world[0] > 1)  # equal on all ranks
-        _refresh_num_batches(trainer)
+        max_epochs = trainer.max_epochs
+        last = max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
+        if self.ies.num_active == 0 and not last:
+            # Lightning ends fit() on an empty train loader; say why, and stop here on purpose.
+            trainer.should_stop = True
+            if trainer.global_rank == 0:
+                warnings.warn(
+                    f"IES: every sample is mastered after epoch {trainer.current_epoch}; the next train loader would "
+                    "be empty and Lightning ends fit() then, so IESCallback stops training now. To train longer, "
+                    "lower threshold / target_saving.", stacklevel=2,
+                )
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> Dict[str, Any]:
@@ -272,31 +317,3 @@ class IESCallback(Callback):
         if "tracker" not in state_dict:
             raise ValueError("IESCallback state has no 'tracker' entry; was it saved by IESCallback.state_dict()?")
         self.ies.load_state_dict(state_dict["tracker"])
-
-
-def _refresh_num_batches(trainer: Any) -> None:
-    """Recompute what Lightning cached at ``setup_data`` from the loaders' current length."""
-    fl = trainer.fit_loop
-    cl = getattr(fl, "_combined_loader", None)
-    if cl is None or not hasattr(cl, "flattened"):
-        return
-    from lightning.fabric.utilities.data import sized_len
-    from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
-    from lightning.pytorch.trainer.states import RunningStage
-
-    limits = []
-    for dl in cl.flattened:
-        n = sized_len(dl)
-        limits.append(_parse_num_batches(RunningStage.TRAINING, float("inf") if n is None else n,
-                                         trainer.limit_train_batches))
-    if not limits:
-        return
-    cl.limits = limits
-    mode = getattr(cl, "_mode", "max_size_cycle")
-    total = min(limits) if mode == "min_size" else sum(limits) if mode == "sequential" else max(limits)
-    # 0 batches would make Lightning end fit(); with 1 the empty epoch ends at once and the
-    # epoch-end scoring pass can still bring samples back.
-    fl.max_batches = total if total > 0 else 1
-    if (getattr(trainer, "_val_check_time_interval", None) is None and isinstance(trainer.val_check_interval, float)
-            and 0 < total < float("inf")):
-        trainer.val_check_batch = max(1, int(total * trainer.val_check_interval))
