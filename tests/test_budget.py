@@ -66,6 +66,15 @@ def test_ramp_excludes_more_as_training_matures() -> None:
     assert abs(N * E - tr.books.total["backprop"] - 0.4 * N * E) <= 1
 
 
+@pytest.mark.parametrize("probe", [{}, {"probe_backoff": True}, {"probe_every": 3}])
+def test_compute_target_charges_the_probe_pass(probe) -> None:
+    tr = IES(N, target_saving=0.4, total_epochs=E, target_measure="compute", forward_cost=0.5, **probe)
+    log: list = []
+    run(tr, range(E), log)
+    assert log[-1].compute_saved == pytest.approx(0.4, abs=0.01)
+    assert log[-1].backprop_saved > 0.45  # more is excluded to pay for the probes
+
+
 def test_never_excludes_a_sample_without_a_full_history() -> None:
     """Samples 0-49 are never trained (no loss): even a quota larger than the rest leaves them in."""
     n = 100

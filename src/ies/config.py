@@ -55,7 +55,9 @@ class IESConfig:
       the lowest criterion (ties by index). Samples without a full history are never excluded;
       ``max_threshold`` optionally caps the criterion of an excluded sample;
       ``target_schedule`` spreads the saving evenly over the epochs (``"even"``) or in
-      proportion to the epoch (``"ramp"``: little early, more as training matures).
+      proportion to the epoch (``"ramp"``: little early, more as training matures);
+      ``target_measure="compute"`` makes the target the compute saving instead, with the
+      probe pass charged at ``forward_cost`` (for a compute budget: 2x is 0.5).
 
     Probing (the forward-only pass that measures excluded samples): every epoch by default;
     ``probe_every=r`` probes each excluded sample once every ``r`` epochs, staggered by index
@@ -74,6 +76,7 @@ class IESConfig:
     target_saving: Optional[float] = None  # target mode: backprop saving to reach by total_epochs
     max_threshold: Optional[float] = None  # target mode: never exclude a sample whose criterion is above
     target_schedule: str = "even"  # target mode: "even" per epoch, or "ramp" (growing with the epoch)
+    target_measure: str = "backprop"  # target mode: "backprop" sample-epochs, or "compute" (probing charged)
     probe_every: int = 1  # r: probe each excluded sample every r epochs, staggered (App. F uses 5)
     probe_backoff: bool = False  # double a still-excluded sample's probe interval up to the cap
     probe_max_interval: int = 8  # cap of the back-off interval, in epochs
@@ -116,8 +119,8 @@ class IESConfig:
         if self.target_saving is None:
             if self.max_threshold is not None:
                 raise ValueError("max_threshold caps target mode: set target_saving too, or use threshold for δ-mode")
-            if self.target_schedule != "even":
-                raise ValueError("target_schedule shapes target mode: set target_saving too")
+            if self.target_schedule != "even" or self.target_measure != "backprop":
+                raise ValueError("target_schedule and target_measure shape target mode: set target_saving too")
             return
         s = _number("target_saving", self.target_saving, " in (0, 1)")
         if not 0.0 < s < 1.0:
@@ -126,6 +129,8 @@ class IESConfig:
             raise ValueError("target_saving needs total_epochs: the saving is planned over the whole run")
         if self.target_schedule not in ("even", "ramp"):
             raise ValueError(f"target_schedule must be 'even' or 'ramp', got {self.target_schedule!r}")
+        if self.target_measure not in ("backprop", "compute"):
+            raise ValueError(f"target_measure must be 'backprop' or 'compute', got {self.target_measure!r}")
         if self.max_threshold is not None and _number("max_threshold", self.max_threshold, " or None") <= 0:
             raise ValueError(f"max_threshold must be > 0 (or None for no cap), got {self.max_threshold!r}")
 

@@ -151,7 +151,8 @@ def select_most_stable(values: Tensor, k: int, cap: Optional[float] = None) -> T
 
 
 def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_done: int, saved: float,
-                    plan_epochs: Optional[int] = None, *, schedule: str = "even", first: int = 0) -> int:
+                    plan_epochs: Optional[int] = None, *, schedule: str = "even", first: int = 0,
+                    gain: float = 1.0) -> int:
     """How many samples to exclude next epoch to land the run's saving on ``target``.
 
     The run must save ``target * N * total_epochs`` backprop sample-epochs; ``saved`` is what
@@ -166,6 +167,9 @@ def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_d
       exclude), capped at ``N`` per epoch, so exclusion grows as training matures, as the
       δ-rule's does.
 
+    ``gain`` is what one excluded sample-epoch saves (1 for backprop; ``1 - forward_cost`` when
+    the saving counts compute and the sample is probed).
+
     Example:
         >>> exclusion_quota(0.4, 100, 10, 5, 0.0)   # 400 to save in 5 epochs
         80
@@ -174,7 +178,7 @@ def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_d
     left = plan - epochs_done
     if left <= 0:
         return 0
-    remaining = target * num_samples * total_epochs - saved
+    remaining = (target * num_samples * total_epochs - saved) / gain
     if remaining <= 0:
         return 0
     if schedule == "even" or left == 1:

@@ -284,11 +284,17 @@ class IES:
         c = self.config
         if c.target_saving is None:
             return values < c.threshold
-        done = self.epoch + 1
-        t = self.books.total["backprop"] + self.books.epoch["backprop"]
-        k = exclusion_quota(c.target_saving, self.num_samples, c.total_epochs, done, self.num_samples * done - t,
-                            plan_epochs=c.anneal_start, schedule=c.target_schedule,
-                            first=history_length(c.order, c.window, c.m))
+        n, done, b = self.num_samples, self.epoch + 1, self.books
+        spent = {k: b.total[k] + b.epoch[k] for k in b.epoch}
+        gain = 1.0  # what excluding one sample for an epoch saves
+        cost = spent["backprop"]
+        if c.target_measure == "compute":  # probing is charged: a probed excluded sample saves 1 - forward_cost
+            cost += c.forward_cost * (spent["forward_only"] + spent["probed"])
+            excluded = n - self.num_active
+            rate = min(1.0, b.epoch["probed"] / excluded) if excluded else 1.0  # this epoch's probes per excluded
+            gain = 1.0 - c.forward_cost * rate
+        k = exclusion_quota(c.target_saving, n, c.total_epochs, done, n * done - cost, plan_epochs=c.anneal_start,
+                            schedule=c.target_schedule, first=history_length(c.order, c.window, c.m), gain=gain)
         return select_most_stable(values, k, c.max_threshold)
 
     def step(self) -> EpochStats:
