@@ -144,7 +144,7 @@ def _method_row(cal: Calibrator, m: str, epochs: int, target: float, S: float, k
     if m == "random":
         res = {"value": target, "saving": target, "reached": True, "trials": [], "analytic": True}
     else:
-        lo, hi, log = (0.0, 0.99, False) if m == "infobatch" else (1e-6, 10.0, True)
+        lo, hi, log = (0.0, 0.9, False) if m == "infobatch" else (1e-6, 10.0, True)  # InfoBatch caps its ratio at 0.9
         res = calibrate(cal.measure_for(m, epochs), target, lo, hi, max_runs=calib_runs, tolerance=tolerance,
                         log=log, known=cal.known(m, epochs))
     value = _round_knob(m, res["value"])
