@@ -146,7 +146,8 @@ def run_analyses(what: str, *, base: RunConfig, data: TensorData, out: Path, com
     for name in names:
         where = Path(out) / name if what == "all" else Path(out)
         study = Study(out=where, base=base, data=data, seeds=list(seeds), command=command,
-                      allow_nonfinite=allow_nonfinite, progress=lambda total, desc, name=name: progress(total, f"{name}: {desc}"))
+                      allow_nonfinite=allow_nonfinite,
+                      progress=lambda total, desc, name=name: progress(total, f"{name}: {desc}"))
         t0 = time.perf_counter()
         payload = run_analysis(name, study, options, ies_params)
         dt = time.perf_counter() - t0
