@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 import os
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -21,7 +21,7 @@ from .criterion import history_length
 if TYPE_CHECKING:  # pragma: no cover
     from .tracker import IES
 
-__all__ = ["STATE_VERSION", "check_record", "check_state", "memory_check", "bytes_per_sample"]
+__all__ = ["STATE_VERSION", "check_record", "check_state", "memory_check", "bytes_per_sample", "misuse_messages"]
 
 STATE_VERSION = 2
 
@@ -137,4 +137,31 @@ def check_state(tracker: "IES", state: Any) -> Dict[str, Any]:
     names = {f.name for f in fields(EpochStats)}
     if not isinstance(log, list) or any(not isinstance(d, dict) or set(d) != names for d in log):
         raise ValueError("IES state 'history_log' must be the list of EpochStats dicts saved by state_dict()")
+    return out
+
+
+def misuse_messages(epoch: int, active: int, trained: float, n_twice: int, n_while_excl: int, n_nonfinite: int,
+                    n_got: int) -> List[Tuple[str, str]]:
+    """``(kind, message)`` for each misuse an epoch's counts reveal; each message names the fix."""
+    out = []
+    if active > 0 and trained == 0:
+        out.append(("nothing-trained", (
+            f"epoch {epoch}: {active} samples were active but no training loss was recorded. Either "
+            "end_epoch()/step() was called twice with no training in between (call it once per epoch), or the "
+            f"DataLoader yielded no batch: with drop_last=True and batch_size > {active} it yields none; use "
+            "drop_last=False with tracker.sampler()")))
+    if n_while_excl:
+        out.append(("while-excluded", (
+            f"epoch {epoch}: {n_while_excl} samples were trained while excluded (counted as trained, so the "
+            "saving reported is what happened). Likely cause: a DataLoader that does not use tracker.sampler(); "
+            "build it as DataLoader(IndexedDataset(ds), sampler=tracker.sampler(), ...)")))
+    if n_twice:
+        out.append(("twice", (
+            f"epoch {epoch}: {n_twice} samples were recorded more than once in one epoch (the last loss was "
+            "kept). Call end_epoch() once at the end of every pass over tracker.sampler(), and record each sample "
+            "once per epoch")))
+    if n_got and n_nonfinite * 2 > n_got:
+        out.append(("nonfinite", (
+            f"epoch {epoch}: {n_nonfinite} of {n_got} recorded losses are not finite: training has likely "
+            "diverged (lower the learning rate). Samples with non-finite losses are kept in training")))
     return out

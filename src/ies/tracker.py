@@ -28,8 +28,9 @@ from torch import Tensor
 from .accounting import Accounting, EpochStats
 from .config import IESConfig
 from .criterion import column_criterion, exclusion_quota, history_length, select_most_stable
+from .history import RingHistory
 from .probing import backoff_next, probe_losses, staggered_due
-from .state import STATE_VERSION, check_record, check_state, memory_check
+from .state import STATE_VERSION, check_record, check_state, memory_check, misuse_messages
 
 __all__ = ["IES", "IESWarning"]
 
@@ -71,10 +72,7 @@ class IES:
         self.device = torch.device(device)
         memory_check(num_samples, config, self.device)
         n, h, dev = num_samples, history_length(config.order, config.window, config.m), self.device
-        # The history as a ring of H contiguous columns: row (head + j) % H holds each
-        # sample's j-th oldest loss; see the ``history`` property for the (N, H) view.
-        self._ring = torch.full((h, n), float("nan"), dtype=torch.float32, device=dev)
-        self._head = 0
+        self._history = RingHistory(n, h, dev)
         self.count = torch.zeros(n, dtype=torch.int32, device=dev)  # losses committed per sample
         self.pending = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)  # this epoch's loss
         self.train_records = torch.zeros(n, dtype=torch.int16, device=dev)  # training records this epoch
@@ -209,44 +207,21 @@ class IES:
         c = self.config
         return column_criterion(self._columns(), self.count, order=c.order, window=c.window, m=c.m, relative=c.relative)
 
-    # ----------------------------------------------------------------- history ring
+    # ----------------------------------------------------------------- history
     def _columns(self) -> list:
-        """The history as H columns ``(N,)`` (views of the ring), oldest first."""
-        h = self._ring.shape[0]
-        return [self._ring[(self._head + j) % h] for j in range(h)]
+        return self._history.columns()
 
     @property
     def history(self) -> Tensor:
         """Loss history ``(N, H)``, oldest first, newest last (a copy: NaN where not yet recorded)."""
-        return torch.stack(self._columns(), dim=1)
+        return self._history.as_tensor()
 
     @history.setter
     def history(self, value: Tensor) -> None:
-        self._ring = value.t().to(device=self.device, dtype=torch.float32).contiguous()
-        self._head = 0
+        self._history.set(value)
 
     def _commit(self, got: Tensor, dense: Optional[bool] = None) -> None:
-        """Append ``pending`` to the history of the samples in ``got``; the others keep theirs.
-
-        The ring turns by one column: the oldest column becomes the newest. Samples without a
-        loss this epoch get their own history written back, shifted by one slot.
-        """
-        ring, h, head = self._ring, self._ring.shape[0], self._head
-        if dense is None:
-            dense = self.device.type != "cpu"
-        if not dense:  # sparse fix-up of the (usually few) samples without a loss
-            miss = torch.nonzero(~got).flatten()
-            saved = ring.index_select(1, miss) if miss.numel() else None
-            ring[head].copy_(self.pending)
-            if saved is not None:
-                ring.index_copy_(1, miss, saved.roll(1, 0))
-        else:  # dense, no host sync: new slot p = got ? slot p : old slot p - 1
-            oldest = ring[head].clone()
-            ring[head] = torch.where(got, self.pending, ring[(head - 1) % h])
-            for p in range(head - 1, head - h + 1, -1):
-                ring[p % h] = torch.where(got, ring[p % h], ring[(p - 1) % h])
-            ring[(head + 1) % h] = torch.where(got, ring[(head + 1) % h], oldest)
-        self._head = (head + 1) % h
+        self._history.commit(self.pending, got, dense=dense)
 
     # ----------------------------------------------------------------- epoch end
     def probe(self, model: torch.nn.Module, data: Any, loss_fn: Optional[Callable[..., Tensor]] = None,
@@ -345,7 +320,9 @@ class IES:
         epoch_s = now - self._last_step_time if self._last_step_time is not None else 0.0
         probe_s = min(self._probe_seconds, epoch_s)
         trained = self.books.epoch["trained"]
-        self._warn_misuse(n_excl, trained, n_twice, n_while_excl, n_nonfinite, n_got)
+        for key, msg in misuse_messages(self.epoch, self.num_samples - n_excl, trained, n_twice, n_while_excl,
+                                        n_nonfinite, n_got):
+            self._warn(key, msg)
         books = self.books.close(excluded=n_excl, train_seconds=epoch_s - probe_s, probe_seconds=probe_s)
         stats = EpochStats(
             epoch=self.epoch, num_samples=self.num_samples, active=self.num_samples - n_excl, excluded=n_excl,
@@ -367,31 +344,7 @@ class IES:
     def _warn(self, key: str, msg: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(msg, IESWarning, stacklevel=5)  # the caller of step()
-
-    def _warn_misuse(self, n_excl: int, trained: float, n_twice: int, n_while_excl: int, n_nonfinite: int,
-                     n_got: int) -> None:
-        active = self.num_samples - n_excl
-        if active > 0 and trained == 0:
-            self._warn("nothing-trained", (
-                f"epoch {self.epoch}: {active} samples were active but no training loss was recorded. Either "
-                "end_epoch()/step() was called twice with no training in between (call it once per epoch), or the "
-                f"DataLoader yielded no batch: with drop_last=True and batch_size > {active} it yields none; use "
-                "drop_last=False with tracker.sampler()"))
-        if n_while_excl:
-            self._warn("while-excluded", (
-                f"epoch {self.epoch}: {n_while_excl} samples were trained while excluded (counted as trained, so the "
-                "saving reported is what happened). Likely cause: a DataLoader that does not use tracker.sampler(); "
-                "build it as DataLoader(IndexedDataset(ds), sampler=tracker.sampler(), ...)"))
-        if n_twice:
-            self._warn("twice", (
-                f"epoch {self.epoch}: {n_twice} samples were recorded more than once in one epoch (the last loss was "
-                "kept). Call end_epoch() once at the end of every pass over tracker.sampler(), and record each sample "
-                "once per epoch"))
-        if n_got and n_nonfinite * 2 > n_got:
-            self._warn("nonfinite", (
-                f"epoch {self.epoch}: {n_nonfinite} of {n_got} recorded losses are not finite: training has likely "
-                "diverged (lower the learning rate). Samples with non-finite losses are kept in training"))
+            warnings.warn(msg, IESWarning, stacklevel=4)  # the caller of step()
 
     # ----------------------------------------------------------------- export & checkpoints
     def per_sample(self) -> Dict[str, Tensor]:
