@@ -230,3 +230,24 @@ def test_padded_duplicates_in_a_batch_are_recorded_once(tmp_path):
     loss = tr.compute_loss(tr.model, batch)
     assert loss.dim() == 0 and loss.requires_grad
     assert tr.ies.pending_mask.nonzero().flatten().tolist() == [1, 3]
+
+
+class _OldTrainer:  # a Trainer of transformers 5.0-5.2: the epoch loop is inline, no _run_epoch
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        pass
+
+
+@pytest.mark.parametrize("cls, version, problem", [
+    (_OldTrainer, "5.2.0", "older than 5.3"),
+    (_OldTrainer, "5.24.0", "no Trainer._run_epoch"),
+    (type("Renamed", (_OldTrainer,), {"_run_epoch": lambda self, model, epoch, loader: None}), "5.24.0",
+     r"Trainer._run_epoch lacks \['train_dataloader', 'steps_in_epoch', 'num_update_steps_per_epoch'\]"),
+])
+def test_compat_check_names_the_versions_to_install(cls, version, problem):
+    from ies.integrations import _compat
+
+    with pytest.raises(ImportError, match=problem) as err:
+        _compat.check_trainer(cls, version)
+    assert "pip install 'transformers>=5.18.0'" in str(err.value)
+    _compat.check_trainer(transformers.Trainer, transformers.__version__)  # the installed one fits

@@ -11,7 +11,9 @@ change either, so :class:`TrainerEpochHooks` overrides these two methods, and no
 private. :func:`check_trainer` runs when the integration is imported: it checks the
 installed version and the two methods' parameters, and fails with the versions to install.
 
-Tested with transformers 5.3.0 and 5.24.0 (``tests/integrations/test_huggingface.py``).
+The hooks exist from transformers 5.3; the declared and tested range starts at 5.18.0 (before
+it, resuming a CPU multi-process run fails inside the Trainer's optimizer load) and the
+newest tested is 5.24.0 (``tests/integrations/``, see docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 __all__ = ["MIN_TRANSFORMERS", "TESTED_TRANSFORMERS", "check_trainer", "TrainerEpochHooks"]
 
 MIN_TRANSFORMERS = "5.3"  # the first release with Trainer._run_epoch / _init_training_state
-TESTED_TRANSFORMERS = ("5.3.0", "5.24.0")
+TESTED_TRANSFORMERS = ("5.18.0", "5.24.0")
 
 # The parameters IES reads or replaces, by name (the Trainer passes them as keywords).
 _RUN_EPOCH = ("epoch", "train_dataloader", "steps_in_epoch", "num_update_steps_per_epoch")
@@ -49,9 +51,9 @@ def check_trainer(trainer_cls: type, version: str) -> None:
             problems.append(f"Trainer.{name} lacks {missing}" if fn is not None else f"it has no Trainer.{name}")
     if problems:
         raise ImportError(
-            f"ies.integrations.huggingface needs transformers>={MIN_TRANSFORMERS} (tested: "
-            f"{', '.join(TESTED_TRANSFORMERS)}), but the installed {version} does not fit: {'; '.join(problems)}. "
-            f"pip install 'transformers>={MIN_TRANSFORMERS}' (or the tested {TESTED_TRANSFORMERS[-1]})"
+            f"ies.integrations.huggingface overrides two Trainer methods that the installed transformers {version} "
+            f"does not have as expected: {'; '.join(problems)}. Install a tested version "
+            f"({TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[-1]}): pip install 'transformers>={TESTED_TRANSFORMERS[0]}'"
         )
 
 
