@@ -93,7 +93,8 @@ class InfoBatch(SelectionPolicy):
       gives them a loss of 3.0 that counts in the mean. 3.0 is on no particular loss scale
       (cross-entropy starts near ln C: 2.3 for 10 classes, 4.6 for 100).
     * Non-finite losses are left out of the mean and never pruned; in the reference one inf
-      makes every finite sample "below the mean" and one NaN stops all pruning.
+      makes every other sample "below the mean", and one NaN (or -inf) stops all pruning
+      until that sample trains again.
     * ``prune_ratio`` above 0.9 is refused; the reference silently clamps it to 0.9.
     * The draw comes from a local generator seeded from ``seed + epoch``; the reference
       reseeds numpy's global generator with the epoch count, whatever the run's seed.
