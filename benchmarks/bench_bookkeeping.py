@@ -1,8 +1,8 @@
 """Per-epoch bookkeeping cost of IES: the tracker vs. a straightforward per-sample version.
 
 One "epoch" here is the bookkeeping of a training epoch without the model: ``record``
-for every batch of ``--batch-size`` active samples, ``record_scores`` for every batch of
-excluded samples (the scoring pass), then the end-of-epoch ``step``. The naive version
+for every batch of ``--batch-size`` active samples, ``record_probe`` for every batch of
+excluded samples (the probe pass), then the end-of-epoch ``step``. The naive version
 implements the same rule the way a first implementation would: a dict of per-sample
 lists, ``.tolist()`` per batch, a Python loop over samples at the end of the epoch. It
 validates nothing (the tracker checks ranges and duplicates on every call), which only
@@ -129,7 +129,7 @@ def run_fast(tr: IES, train, score) -> Tuple[float, float]:
     for idx, val in train:
         tr.record(idx, val)
     for idx, val in score:
-        tr.record_scores(idx, val)
+        tr.record_probe(idx, val)
     t1 = time.perf_counter()
     tr.step()
     t2 = time.perf_counter()

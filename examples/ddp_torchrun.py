@@ -4,7 +4,7 @@
     # resume: --save ies.pt on a first run, --load ies.pt on the next
 
 Each rank trains its shard of the active set (the sampler filters, then shards), records
-the losses it sees; ``end_epoch`` splits the scoring pass across ranks and ``step()``
+the losses it sees; ``end_epoch`` splits the probe pass across ranks and ``step()``
 merges all ranks' losses with one gather, so every rank derives the same mastered set.
 Runs on CPU with gloo (NCCL when CUDA is available).
 """

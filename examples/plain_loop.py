@@ -39,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
-    tracker = ies.InstanceEarlyStopping(len(train_set), threshold=args.threshold)  # IES 1: per-sample state
+    tracker = ies.IES(len(train_set), threshold=args.threshold)  # IES 1: per-sample state
     loader = DataLoader(ies.IndexedDataset(train_set), sampler=tracker.sampler(seed=args.seed),  # IES 2: indices
                         batch_size=64)                                                           # + active sampler
     for epoch in range(args.epochs):
@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        stats = tracker.end_epoch(model, train_set, nn.CrossEntropyLoss(reduction="none"))  # IES 4: score + step
+        stats = tracker.end_epoch(model, train_set, nn.CrossEntropyLoss(reduction="none"))  # IES 4: probe + step
         print(f"epoch {stats.epoch:2d}  active {stats.active:4d}  excluded {stats.excluded:4d}  "
               f"next active {stats.next_active:4d}  backprop saved {stats.backprop_saved:6.1%}")
     print(f"done: {args.epochs} epochs, backprop saved {tracker.history_log[-1].backprop_saved:.1%}")
