@@ -32,7 +32,7 @@ def run(tracker: IES, epochs: range, log: list) -> None:
         log.append(tracker.step())
 
 
-@pytest.mark.parametrize("schedule", ["even", "ramp"])
+@pytest.mark.parametrize("schedule", ["even", "ramp", "late"])
 @pytest.mark.parametrize("target", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
 def test_target_is_hit_within_one_sample(target: float, schedule: str) -> None:
     tr = IES(N, target_saving=target, total_epochs=E, target_schedule=schedule)
@@ -46,7 +46,7 @@ def test_target_is_hit_within_one_sample(target: float, schedule: str) -> None:
 
 
 def test_catches_up_after_the_epochs_nobody_can_be_judged() -> None:
-    tr = IES(N, target_saving=0.3, total_epochs=E)
+    tr = IES(N, target_saving=0.3, total_epochs=E, target_schedule="even")
     log: list = []
     run(tr, range(E), log)
     h = history_length(2, 3, 1)
@@ -158,7 +158,7 @@ def test_resume_mid_run_equals_uninterrupted() -> None:
     ],
 )
 def test_exclusion_quota_table(target, n, plan, done, saved, want) -> None:
-    assert exclusion_quota(target, n, plan, done, saved) == want
+    assert exclusion_quota(target, n, plan, done, saved, schedule="even") == want
 
 
 @pytest.mark.parametrize(

@@ -54,8 +54,9 @@ class IESConfig:
       backpropagated / ``N * E``) on course to ``s`` by epoch ``E``, choosing the samples with
       the lowest criterion (ties by index). Samples without a full history are never excluded;
       ``max_threshold`` optionally caps the criterion of an excluded sample;
-      ``target_schedule`` spreads the saving evenly over the epochs (``"even"``) or in
-      proportion to the epoch (``"ramp"``: little early, more as training matures);
+      ``target_schedule`` spreads the saving over the epochs in proportion to the square of
+      the epoch (``"late"``, the default: little early, most as training matures, like the
+      δ-rule), to the epoch (``"ramp"``) or evenly (``"even"``);
       ``target_measure="compute"`` makes the target the compute saving instead, with the
       probe pass charged at ``forward_cost`` (for a compute budget: 2x is 0.5).
 
@@ -75,7 +76,7 @@ class IESConfig:
     relative: bool = False  # divide the criterion by the sample's mean recent loss (scale-free δ)
     target_saving: Optional[float] = None  # target mode: backprop saving to reach by total_epochs
     max_threshold: Optional[float] = None  # target mode: never exclude a sample whose criterion is above
-    target_schedule: str = "even"  # target mode: "even" per epoch, or "ramp" (growing with the epoch)
+    target_schedule: str = "late"  # target mode: "late" (∝ epoch², measured best), "ramp" (∝ epoch), "even"
     target_measure: str = "backprop"  # target mode: "backprop" sample-epochs, or "compute" (probing charged)
     probe_every: int = 1  # r: probe each excluded sample every r epochs, staggered (App. F uses 5)
     probe_backoff: bool = False  # double a still-excluded sample's probe interval up to the cap
@@ -119,7 +120,7 @@ class IESConfig:
         if self.target_saving is None:
             if self.max_threshold is not None:
                 raise ValueError("max_threshold caps target mode: set target_saving too, or use threshold for δ-mode")
-            if self.target_schedule != "even" or self.target_measure != "backprop":
+            if self.target_schedule != "late" or self.target_measure != "backprop":
                 raise ValueError("target_schedule and target_measure shape target mode: set target_saving too")
             return
         s = _number("target_saving", self.target_saving, " in (0, 1)")
@@ -127,8 +128,8 @@ class IESConfig:
             raise ValueError(f"target_saving must be in (0, 1) (0.4 saves 40% of backprop), got {self.target_saving!r}")
         if self.total_epochs is None:
             raise ValueError("target_saving needs total_epochs: the saving is planned over the whole run")
-        if self.target_schedule not in ("even", "ramp"):
-            raise ValueError(f"target_schedule must be 'even' or 'ramp', got {self.target_schedule!r}")
+        if self.target_schedule not in ("even", "ramp", "late"):
+            raise ValueError(f"target_schedule must be 'even', 'ramp' or 'late', got {self.target_schedule!r}")
         if self.target_measure not in ("backprop", "compute"):
             raise ValueError(f"target_measure must be 'backprop' or 'compute', got {self.target_measure!r}")
         if self.max_threshold is not None and _number("max_threshold", self.max_threshold, " or None") <= 0:

@@ -151,7 +151,7 @@ def select_most_stable(values: Tensor, k: int, cap: Optional[float] = None) -> T
 
 
 def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_done: int, saved: float,
-                    plan_epochs: Optional[int] = None, *, schedule: str = "even", first: int = 0,
+                    plan_epochs: Optional[int] = None, *, schedule: str = "late", first: int = 0,
                     gain: float = 1.0) -> int:
     """How many samples to exclude next epoch to land the run's saving on ``target``.
 
@@ -165,7 +165,8 @@ def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_d
     - ``"even"``: the same number every remaining epoch (rounded up);
     - ``"ramp"``: in proportion to ``epoch - first + 1`` (``first``: the first epoch that can
       exclude), capped at ``N`` per epoch, so exclusion grows as training matures, as the
-      δ-rule's does.
+      δ-rule's does;
+    - ``"late"``: in proportion to its square, later still.
 
     ``gain`` is what one excluded sample-epoch saves (1 for backprop; ``1 - forward_cost`` when
     the saving counts compute and the sample is probed).
@@ -184,7 +185,8 @@ def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_d
     if schedule == "even" or left == 1:
         share = remaining / left
     else:
-        weights = [max(j - first + 1, 0) for j in range(epochs_done, plan)]
+        power = {"ramp": 1, "late": 2}[schedule]
+        weights = [max(j - first + 1, 0) ** power for j in range(epochs_done, plan)]
         share = _water_fill(weights, remaining, num_samples)
     return max(0, min(num_samples, math.ceil(share - 1e-9)))
 
