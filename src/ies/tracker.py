@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 from torch import Tensor
 
-from .accounting import Accounting, EpochStats
+from .accounting import MEASURED, Accounting, EpochStats
 from .config import IESConfig
 from .criterion import column_criterion, exclusion_quota, history_length, select_most_stable
 from .history import RingHistory
@@ -205,12 +205,9 @@ class IES:
     def criterion(self) -> Tensor:
         """Current criterion value per sample ``(N,)`` (``inf`` where not yet judged)."""
         c = self.config
-        return column_criterion(self._columns(), self.count, order=c.order, window=c.window, m=c.m, relative=c.relative)
+        return column_criterion(self._history.columns(), self.count, order=c.order, window=c.window, m=c.m, relative=c.relative)
 
     # ----------------------------------------------------------------- history
-    def _columns(self) -> list:
-        return self._history.columns()
-
     @property
     def history(self) -> Tensor:
         """Loss history ``(N, H)``, oldest first, newest last (a copy: NaN where not yet recorded)."""
@@ -324,15 +321,12 @@ class IES:
                                         n_nonfinite, n_got):
             self._warn(key, msg)
         books = self.books.close(excluded=n_excl, train_seconds=epoch_s - probe_s, probe_seconds=probe_s)
+        kept = {k: books[k] for k in ("trained", "probed", "backprop_saved", "compute_saved", *MEASURED)}
         stats = EpochStats(
             epoch=self.epoch, num_samples=self.num_samples, active=self.num_samples - n_excl, excluded=n_excl,
             mastered=n_mast, newly_excluded=n_new, reincluded=n_back, next_active=self.num_samples - n_next,
-            trained=books["trained"], backpropagated=books["backprop"], probed=books["probed"],
-            unrecorded=n_unrec, trained_while_excluded=n_while_excl, nonfinite=n_nonfinite,
-            backprop_saved=books["backprop_saved"], compute_saved=books["compute_saved"],
-            train_seconds=books["train_seconds"], probe_seconds=books["probe_seconds"],
-            measured_forward_cost=books["measured_forward_cost"], time_saved=books["time_saved"],
-        )
+            backpropagated=books["backprop"], unrecorded=n_unrec, trained_while_excluded=n_while_excl,
+            nonfinite=n_nonfinite, **kept)
         self.excluded = nxt
         self.num_active = self.num_samples - n_next
         self.epoch += 1
