@@ -1,4 +1,4 @@
-"""Tests for ies.experiments.data (all offline, small)."""
+"""Tests for ies.experiments.data and its file readers, ies.experiments.datafiles (all offline, small)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from ies.experiments.data import (
     DATASETS,
     TensorData,
     load_dataset,
-    read_idx,
     resize_images,
     subset_classes,
 )
+from ies.experiments.datafiles import load_pickle_restricted, read_cifar, read_idx
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -403,8 +403,6 @@ def test_cifar_reads_python3_pickles_of_any_protocol(tmp_path: Path, protocol: i
 def test_codecs_encode_admitted_only_for_latin1(tmp_path: Path) -> None:
     # Protocol-2 pickles from Python 3 spell bytes as _codecs.encode(str, "latin1"); any other
     # codec through that door is refused.
-    from ies.experiments.data import load_pickle_restricted
-
     p = tmp_path / "codec"
     p.write_bytes(b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00base64\x86R.")
     with pytest.raises(ValueError, match="not a readable pickle.*base64"):
@@ -553,3 +551,18 @@ def test_dataset_inputs_cover_datasets() -> None:
     from ies.experiments.data import DATASET_INPUTS
 
     assert set(DATASET_INPUTS) == set(DATASETS) and set(DATASET_INPUTS.values()) <= {"1d", "image"}
+
+
+def test_read_cifar_refuses_unknown_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown CIFAR dataset 'cifar20'.*'cifar10' or 'cifar100'"):
+        read_cifar("cifar20", str(tmp_path))
+
+
+def test_datafiles_does_not_import_data() -> None:
+    # The file readers sit below the dataset module: importing them must not pull data.py in.
+    import subprocess
+    import sys
+
+    code = "import sys, ies.experiments.datafiles; print('ies.experiments.data' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
