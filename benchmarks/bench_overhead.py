@@ -52,6 +52,42 @@ def ies_epoch(net, opt, loader, tracker, ds) -> None:
     tracker.end_epoch(net, ds, nn.CrossEntropyLoss(reduction="none"))
 
 
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def breakdown(ds, tracker, plain_loader, ies_loader, net, repeats: int) -> None:
+    """Where the difference goes, per epoch: the loader with IndexedDataset, record(), end_epoch()."""
+    loader_plain = _median_time(lambda: [None for _ in plain_loader], repeats)
+    loader_ies = _median_time(lambda: [None for _ in ies_loader], repeats)
+    batches = [(idx, torch.rand(idx.numel())) for idx, _ in ies_loader]
+
+    def records() -> None:
+        for idx, losses in batches:
+            tracker.record(idx, losses)
+
+    def close() -> None:
+        tracker.end_epoch(net, ds, nn.CrossEntropyLoss(reduction="none"))
+
+    rec, end = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        records()
+        t1 = time.perf_counter()
+        close()
+        rec.append(t1 - t0)
+        end.append(time.perf_counter() - t1)
+    print(f"per epoch ({len(batches)} batches): loader {1000 * loader_plain:.2f} ms plain vs {1000 * loader_ies:.2f} ms "
+          f"with IndexedDataset + tracker.sampler(); record() {1000 * statistics.median(rec):.2f} ms "
+          f"({1e6 * statistics.median(rec) / len(batches):.0f} us per call); end_epoch() "
+          f"{1000 * statistics.median(end):.2f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=15, help="timed epochs per loop")
@@ -76,6 +112,7 @@ def main() -> None:
         plain.append(t1 - t0)
         with_ies.append(t2 - t1)
     ratios = [b / a for a, b in zip(plain, with_ies)]
+    breakdown(ds, tracker, plain_loader, ies_loader, net_b, args.repeats)
     print(f"plain loop: median {1000 * statistics.median(plain):.1f} ms/epoch; IES (threshold 0): "
           f"median {1000 * statistics.median(with_ies):.1f} ms/epoch")
     print(f"overhead: median {100 * (statistics.median(ratios) - 1):+.1f}% "
