@@ -45,23 +45,23 @@ def test_target_is_hit_within_one_sample(target: float, schedule: str) -> None:
     assert all(s.excluded == 0 for s in log[:h])  # nobody has a full history before epoch H
 
 
-def test_catches_up_after_the_epochs_nobody_can_be_judged() -> None:
-    tr = IES(N, target_saving=0.3, total_epochs=E, target_schedule="even")
+def excluded_per_epoch(**config) -> tuple:
+    """A full synthetic run; returns the tracker and the excluded counts from epoch H on."""
+    tr = IES(N, total_epochs=E, **config)
     log: list = []
     run(tr, range(E), log)
-    h = history_length(2, 3, 1)
+    return tr, [s.excluded for s in log[history_length(2, 3, 1):]]
+
+
+def test_catches_up_after_the_epochs_nobody_can_be_judged() -> None:
     # the whole saving is made in the E - H epochs that can exclude: more than 30% each epoch
-    per_epoch = [s.excluded for s in log[h:]]
+    _, per_epoch = excluded_per_epoch(target_saving=0.3, target_schedule="even")
     assert min(per_epoch) >= 0.3 * N and max(per_epoch) - min(per_epoch) <= 1  # spread evenly
     assert sum(per_epoch) == pytest.approx(0.3 * N * E, abs=1)
 
 
 def test_ramp_excludes_more_as_training_matures() -> None:
-    tr = IES(N, target_saving=0.4, total_epochs=E, target_schedule="ramp")
-    log: list = []
-    run(tr, range(E), log)
-    h = history_length(2, 3, 1)
-    per_epoch = [s.excluded for s in log[h:]]
+    tr, per_epoch = excluded_per_epoch(target_saving=0.4, target_schedule="ramp")
     assert per_epoch == sorted(per_epoch) and per_epoch[0] < per_epoch[-1] / 5  # grows with the epoch
     assert abs(N * E - tr.books.total["backprop"] - 0.4 * N * E) <= 1
 
