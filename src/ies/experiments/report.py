@@ -17,12 +17,14 @@ from .runs import environment, find_runs, load_run, run_label, save_run
 from .tables import table, write_json
 
 __all__ = ["environment", "save_run", "load_run", "find_runs", "run_label", "aggregate", "format_table",
-           "write_comparison", "check_complete", "config_line", "TIMING_NOTE"]
+           "write_comparison", "check_complete", "config_line", "TIMING_NOTE", "speedup_limit"]
 
 TIMING_NOTE = (
     "Training wall time counts the training loop and the forward-only probe pass of excluded samples; "
     "test/validation evaluation is not counted. Methods were run alternating, seed by seed, in one process; "
-    "speedup is the median over seeds of the per-seed ratio (baseline time / method time). Headline accuracy "
+    "speedup is the median over seeds of the per-seed ratio (baseline time / method time); limit is the speedup "
+    "the run's own measurements allow, 1 / ((1 - f) + f_p * p) with f the sample-epochs not trained, f_p those "
+    "probed and p the measured probe cost per sample relative to a training step. Headline accuracy "
     "is the final epoch's test accuracy (never best-on-test; that figure appears only labelled as such)."
 )
 
@@ -60,6 +62,32 @@ def _mean_std(xs: List[float]) -> tuple:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def speedup_limit(rows: List[Dict[str, Any]], num_samples: Optional[int]) -> Optional[float]:
+    """The wall-clock speedup a run could reach, from its own per-epoch measurements (issue 11).
+
+    ``f`` = sample-epochs not trained, ``f_p`` = sample-epochs probed, ``p`` = measured probe
+    seconds per sample over training seconds per sample: an epoch costs ``(1 - f) + f_p * p`` of
+    a full one, so the speedup over no removal is at most ``1 / ((1 - f) + f_p * p)``.
+    """
+    try:
+        trained = sum(float(r["backpropagated"]) for r in rows)
+        probed = sum(float(r["probed"]) for r in rows)
+        train_s = sum(float(r["train_seconds"]) for r in rows)
+        probe_s = sum(float(r["probe_seconds"]) for r in rows)
+    except (KeyError, TypeError, ValueError):  # rows of a run that does not record these
+        return None
+    done = (num_samples or 0) * len(rows)
+    if not (done and trained and train_s > 0):
+        return None
+    p = (probe_s / probed) / (train_s / trained) if probed else 0.0
+    return 1.0 / (trained / done + (probed / done) * p)
+
+
+def _median_or_none(xs: List[Optional[float]]) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
 def aggregate(runs: List[Dict[str, Any]], baseline: Optional[str] = None) -> List[Dict[str, Any]]:
     """One row per label: accuracy mean ± std over seeds, savings, wall time and speedup vs ``baseline``."""
     groups = _group([r for r in runs if r["summary"] is not None])  # a run with no epoch done has nothing to add
@@ -82,6 +110,7 @@ def aggregate(runs: List[Dict[str, Any]], baseline: Optional[str] = None) -> Lis
             "compute_saved": statistics.fmean(r["summary"]["compute_saved"] for r in rs),
             "wall_seconds": statistics.fmean(r["summary"]["wall_seconds"] for r in rs),
             "speedup": statistics.median(ratios) if ratios else None,
+            "speedup_limit": _median_or_none([speedup_limit(r["epochs"], r["summary"].get("num_train")) for r in rs]),
             "epochs_run": statistics.fmean(r["summary"]["epochs_run"] for r in rs),
             "best_test_acc_for_paper_comparison_only": statistics.fmean(
                 r["summary"]["best_test_acc_for_paper_comparison_only"] for r in rs),
@@ -95,7 +124,8 @@ def aggregate(runs: List[Dict[str, Any]], baseline: Optional[str] = None) -> Lis
 
 def format_table(rows: List[Dict[str, Any]], markdown: bool = False) -> str:
     """The side-by-side table (plain text for the terminal, or Markdown)."""
-    head = ["method", "final test acc (%)", "backprop saved", "compute saved", "train wall (s)", "speedup", "seeds"]
+    head = ["method", "final test acc (%)", "backprop saved", "compute saved", "train wall (s)", "speedup",
+            "limit", "seeds"]
     body = []
     for r in rows:
         body.append([
@@ -105,6 +135,7 @@ def format_table(rows: List[Dict[str, Any]], markdown: bool = False) -> str:
             f"{100 * r['compute_saved']:.1f}%",
             f"{r['wall_seconds']:.1f}",
             "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+            "-" if r.get("speedup_limit") is None else f"{r['speedup_limit']:.2f}x",
             str(len(r["seeds"])),
         ])
     return table(head, body, markdown=markdown)
