@@ -168,3 +168,11 @@ def test_a_half_bad_state_changes_nothing(key, value, match) -> None:
     assert tr.epoch == 0 and tr.num_active == N and not tr.excluded.any()
     for k, v in before.items():
         assert torch.equal(v.nan_to_num(-1), after[k].nan_to_num(-1)), k
+
+
+@pytest.mark.parametrize("kw,match", [({"seed": "3"}, "seed must be an int"), ({"seed": 1.5}, "seed must be an int"),
+                                      ({"shuffle": 1}, "shuffle must be True or False"),
+                                      ({"drop_last": "no"}, "drop_last must be True or False")])
+def test_sampler_arguments_are_strict(kw, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        IES(N).sampler(**kw)
