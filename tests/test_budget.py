@@ -78,8 +78,8 @@ def test_compute_target_charges_the_probe_pass(probe) -> None:
 def test_never_excludes_a_sample_without_a_full_history() -> None:
     """Samples 0-49 are never trained (no loss): even a quota larger than the rest leaves them in."""
     n = 100
-    tr = IES(n, target_saving=0.8, total_epochs=12)
-    for e in range(12):
+    tr = IES(n, target_saving=0.6, total_epochs=20)
+    for e in range(20):
         act = tr.active_indices()
         act = act[act >= 50]
         if act.numel():
@@ -195,7 +195,9 @@ def test_select_most_stable_table(values, k, cap, want) -> None:
         ({"target_saving": 1.0, "total_epochs": 5}, r"target_saving must be in \(0, 1\)"),
         ({"target_saving": "0.4", "total_epochs": 5}, "target_saving must be a finite number"),
         ({"max_threshold": 1e-3}, "max_threshold caps target mode"),
-        ({"target_saving": 0.4, "total_epochs": 5, "max_threshold": 0.0}, "max_threshold must be > 0"),
+        ({"target_saving": 0.4, "total_epochs": 20, "max_threshold": 0.0}, "max_threshold must be > 0"),
+        ({"target_saving": 0.5, "total_epochs": 10}, r"cannot be reached in 10 epochs.*at most 0\.400"),
+        ({"target_saving": 0.7, "total_epochs": 20, "anneal_fraction": 0.2}, r"annealing trains all from epoch 16"),
     ],
 )
 def test_target_mode_bad_config(kw, match) -> None:

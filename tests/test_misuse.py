@@ -176,3 +176,26 @@ def test_a_half_bad_state_changes_nothing(key, value, match) -> None:
 def test_sampler_arguments_are_strict(kw, match) -> None:
     with pytest.raises(ValueError, match=match):
         IES(N).sampler(**kw)
+
+
+def test_an_iterable_dataset_is_refused_even_with_a_length() -> None:
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from range(3)
+
+        def __len__(self) -> int:
+            return 3
+
+    with pytest.raises(ValueError, match=r"map-style dataset.*docs/usage.md"):
+        IndexedDataset(Stream())
+
+
+def test_evaluation_after_end_epoch_is_not_counted_as_training_time() -> None:
+    import time
+
+    tr = IES(8, threshold=0.0)
+    for _ in range(2):
+        tr.record(torch.arange(8), torch.ones(8))
+        tr.step()
+        time.sleep(0.05)  # "evaluation" between end_epoch and the next epoch's first record
+    assert tr.history_log[-1].train_seconds < 0.04

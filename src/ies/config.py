@@ -132,6 +132,13 @@ class IESConfig:
             raise ValueError(f"target_schedule must be 'even', 'ramp' or 'late', got {self.target_schedule!r}")
         if self.target_measure not in ("backprop", "compute"):
             raise ValueError(f"target_measure must be 'backprop' or 'compute', got {self.target_measure!r}")
+        first = self.order + self.window + self.m  # the first epoch in which a sample can be judged
+        plan = self.anneal_start if self.anneal_start is not None else self.total_epochs
+        reachable = max(0, plan - first) / self.total_epochs
+        if s > reachable:
+            raise ValueError(f"target_saving={s} cannot be reached in {self.total_epochs} epochs: no sample is judged "
+                             f"before epoch {first}{' and annealing trains all from epoch ' + str(plan) if plan < self.total_epochs else ''}, "
+                             f"so at most {reachable:.3f} can be saved; lower the target or plan more epochs")
         if self.max_threshold is not None and _number("max_threshold", self.max_threshold, " or None") <= 0:
             raise ValueError(f"max_threshold must be > 0 (or None for no cap), got {self.max_threshold!r}")
 

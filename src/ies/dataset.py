@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Tuple
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 __all__ = ["IndexedDataset"]
 
@@ -16,8 +16,10 @@ class IndexedDataset(Dataset):
     """
 
     def __init__(self, dataset: Any) -> None:
-        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise ValueError("IndexedDataset needs a map-style dataset (with __getitem__ and __len__)")
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise ValueError("IndexedDataset needs a map-style dataset (with __getitem__ and __len__): IES keeps one "
+                             "state per sample index and samples the active indices; for a stream, materialize it or "
+                             "wrap it in a map-style view (docs/usage.md, 'IterableDataset')")
         self.dataset = dataset
 
     def __len__(self) -> int:

@@ -91,7 +91,7 @@ class IES:
         self.num_active = n
         self.books = Accounting(n, config.forward_cost)
         self.history_log: List[EpochStats] = []
-        self._last_step_time: Optional[float] = None  # None: the epoch's clock starts at its first record
+        self._epoch_start: Optional[float] = None  # the epoch's clock starts at its first record
         self._probe_seconds = 0.0
         self._warned: set = set()
 
@@ -106,8 +106,8 @@ class IES:
         b = idx.shape[0]
         if b == 0:
             return
-        if self._last_step_time is None:
-            self._last_step_time = time.perf_counter()
+        if self._epoch_start is None:
+            self._epoch_start = time.perf_counter()
         # Duplicates: stamp each position, read back; a duplicate reads another's stamp.
         ar = self._aranges.get(b)
         if ar is None:
@@ -314,7 +314,7 @@ class IES:
     def _close(self, nxt: Tensor, n_excl: int, n_mast: int, n_new: int, n_back: int, n_next: int, n_nonfinite: int,
                n_twice: int, n_while_excl: int, n_unrec: int, n_got: int) -> EpochStats:
         now = time.perf_counter()
-        epoch_s = now - self._last_step_time if self._last_step_time is not None else 0.0
+        epoch_s = now - self._epoch_start if self._epoch_start is not None else 0.0
         probe_s = min(self._probe_seconds, epoch_s)
         trained = self.books.epoch["trained"]
         for key, msg in misuse_messages(self.epoch, self.num_samples - n_excl, trained, n_twice, n_while_excl,
@@ -331,7 +331,7 @@ class IES:
         self.num_active = self.num_samples - n_next
         self.epoch += 1
         self.history_log.append(stats)
-        self._last_step_time = now
+        self._epoch_start = None  # the next epoch's clock starts at its first record, after any evaluation
         self._probe_seconds = 0.0
         return stats
 
@@ -384,7 +384,7 @@ class IES:
         self.books.load_state_dict(state["accounting"])
         self.history_log = [EpochStats.from_dict(d) for d in state["history_log"]]
         self.num_active = int((~self.excluded).sum())
-        self._last_step_time = None
+        self._epoch_start = None
         if checked["differs"]:
             warnings.warn(f"IES state was saved with other rule settings {checked['differs']} (saved, current); "
                           "the current settings are used from now on", IESWarning, stacklevel=2)

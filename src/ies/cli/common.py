@@ -26,7 +26,7 @@ _FLAG_TABLE = """
 --lr               lr               float learning rate (default: the optimizer's)
 --weight-decay     weight_decay     float weight decay
 --device           device           str   cpu or cuda
---score-batch-size score_batch_size int   batch size of the forward-only probe pass
+--probe-batch-size score_batch_size int   batch size of the forward-only probe pass (also --score-batch-size)
 """
 _CONFIG_FLAGS = {flag: (dest, {"str": str, "int": int, "float": float}[typ], hlp)
                  for flag, dest, typ, hlp in (ln.split(None, 3) for ln in _FLAG_TABLE.strip().splitlines())}
@@ -111,8 +111,10 @@ def name_list(text: str, allowed: Sequence[str], what: str) -> List[str]:
 def add_run_args(p: argparse.ArgumentParser, *, resumable: bool = True) -> None:
     """The run-configuration flags and the output flags every training command takes."""
     g = p.add_argument_group("run configuration (override --config)")
+    aliases = {"--probe-batch-size": ("--score-batch-size",)}  # the flag's name before issue 13
     for flag, (dest, typ, hlp) in _CONFIG_FLAGS.items():
-        g.add_argument(flag, dest=dest, type=positive_int if typ is int else typ, default=None, help=hlp)
+        g.add_argument(flag, *aliases.get(flag, ()), dest=dest, type=positive_int if typ is int else typ, default=None,
+                       help=hlp)
     g.add_argument("--augment", dest="augment", action=argparse.BooleanOptionalAction, default=None,
                    help="batched crop/flip/rotation for image data (test data is never augmented)")
     g.add_argument("--config", help="JSON file of RunConfig fields that sets defaults (flags override it)")
