@@ -6,6 +6,7 @@ Every figure comes from the run folders given; nothing is typed in by hand.
     .venv/bin/python benchmarks/tables.py tradeoff RUNS_DIR [--plot OUT.png]   # accuracy at equal saving
     .venv/bin/python benchmarks/tables.py probing  RUNS_DIR    # probe schedules: speedup vs its limits
     .venv/bin/python benchmarks/tables.py runs     RUNS_DIR    # one row per method: acc, saving, wall
+    .venv/bin/python benchmarks/tables.py seeds    DIR [DIR ...]   # per-seed accuracies across folders (budgets)
 
 Speedups are per seed (the reference and the method ran in the same process, one after the
 other), then the median over seeds. "Free-probing limit" is 1/(1-f), f the backprop saved;
@@ -171,20 +172,38 @@ def plain(root: str) -> None:
               f"{wall:.1f} | {len(rs)} |")
 
 
+def seeds(roots: List[str]) -> None:
+    """Per-seed final accuracies of every run under several folders (runs of different lengths)."""
+    print("| run | epochs | compute saved | compute speedup vs full | final test acc per seed (%) | mean ± std |")
+    print("|---|---|---|---|---|---|")
+    full = None
+    for root in roots:
+        for label, rs in sorted(_runs(root).items()):
+            epochs = len(next(iter(rs.values()))["epochs"])
+            full = full or epochs
+            cost = statistics.mean((len(r["epochs"]) / full) * (1 - r["summary"]["compute_saved"]) for r in rs.values())
+            acc = _acc(rs)
+            print(f"| {label} | {epochs} | {100 * _saved(rs, 'compute_saved'):.1f}% | {1 / cost:.2f}x | "
+                  f"{' / '.join(f'{a:.2f}' for a in acc)} | {_ms(acc)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["control", "tradeoff", "probing", "runs"])
-    ap.add_argument("root")
+    ap.add_argument("what", choices=["control", "tradeoff", "probing", "runs", "seeds"])
+    ap.add_argument("root", nargs="+", help="compare folder(s); seeds: the first folder's runs set the full length")
     ap.add_argument("--plot", default="", help="tradeoff: write the plot here")
     a = ap.parse_args()
+    if a.what == "seeds":
+        return seeds(a.root)
+    root = a.root[0]
     if a.what == "control":
-        control(a.root)
+        control(root)
     elif a.what == "tradeoff":
-        tradeoff(a.root, a.plot)
+        tradeoff(root, a.plot)
     elif a.what == "probing":
-        probing(a.root)
+        probing(root)
     else:
-        plain(a.root)
+        plain(root)
 
 
 if __name__ == "__main__":
