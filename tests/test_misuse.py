@@ -199,3 +199,17 @@ def test_evaluation_after_end_epoch_is_not_counted_as_training_time() -> None:
         tr.step()
         time.sleep(0.05)  # "evaluation" between end_epoch and the next epoch's first record
     assert tr.history_log[-1].train_seconds < 0.04
+
+
+def test_threshold_zero_after_loading_a_state_with_removal_brings_everyone_back() -> None:
+    donor = IES(8, threshold=1.0)
+    for _ in range(6):
+        donor.record(torch.arange(8), torch.ones(8))
+        donor.step()
+    assert donor.excluded.all()
+    tr = IES(8, threshold=0.0)
+    with pytest.warns(IESWarning, match="threshold"):
+        tr.load_state_dict(donor.state_dict())
+    tr.record_probe(torch.arange(8), torch.ones(8))
+    s = tr.step()
+    assert s.reincluded == 8 and not tr.excluded.any()

@@ -286,9 +286,9 @@ class IES:
         if c.removes:  # with no removal the criterion is not needed now (criterion() computes it on demand)
             mastered = self._decide(self.criterion())
             nxt = mastered if not annealing else torch.zeros_like(mastered)
-            self._update_counters(was, nxt, probed)
-        else:
-            mastered = nxt = was
+        else:  # (a state saved with removal and loaded with threshold 0 brings everyone back)
+            mastered = nxt = torch.zeros_like(was)
+        self._update_counters(was, nxt, probed)
         flags = torch.stack([  # one reduction and the one host sync of the epoch
             was, mastered, was & nxt, nxt, got & ~torch.isfinite(self.pending),
             (self.train_records > 1) | (self.probe_records > 1), was & trained, trained, got])
