@@ -182,10 +182,11 @@ def test_causal_lm_trains_and_errors(tmp_path):
     ({"ies_config": IESConfig(threshold=0.2), "ies_kwargs": {"order": 0}}, {"threshold": 0.2, "order": 0}),
 ])
 def test_rule_parameters_reach_the_tracker(tmp_path, kwargs, expected):
-    tr = IESTrainer(model=gpt2(), args=args(tmp_path, 1), train_dataset=lm_data(), **kwargs)
+    epochs = 10 if "target_saving" in expected else 1  # a 40% target needs epochs after the first judgement (6)
+    tr = IESTrainer(model=gpt2(), args=args(tmp_path, epochs), train_dataset=lm_data(), **kwargs)
     assert {k: getattr(tr.ies.config, k) for k in expected} == expected
     if "target_saving" in expected:  # planned over num_train_epochs unless total_epochs is given
-        assert tr.ies.config.total_epochs == 1
+        assert tr.ies.config.total_epochs == 10
 
 
 def test_train_loader_attaches_indices_and_drops_unused_columns(tmp_path):

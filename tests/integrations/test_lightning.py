@@ -216,16 +216,17 @@ def test_errors_name_the_fix(tmp_path):
 
 
 @pytest.mark.parametrize("args, kwargs, expected", [
-    ((), {"target_saving": 0.4}, {"target_saving": 0.4}),                       # a rule field, passed through
+    ((), {"target_saving": 0.25, "order": 0, "window": 1}, {"target_saving": 0.25}),  # a rule field, passed through
     ((IESConfig(threshold=0.2, window=1),), {}, {"threshold": 0.2, "window": 1}),  # a whole config
     ((IESConfig(threshold=0.2),), {"order": 0}, {"threshold": 0.2, "order": 0}),  # fields override the config
 ])
 def test_rule_parameters_reach_the_tracker(tmp_path, args, kwargs, expected):
     cb = IESCallback(N, *args, forward=probe_forward, probe_dataset=TensorDataset(torch.arange(N)), **kwargs)
-    trainer(tmp_path, 2, [cb]).fit(Net(cb))
+    epochs = 4 if "target_saving" in expected else 2  # a target needs epochs after the first judgement (2 losses)
+    trainer(tmp_path, epochs, [cb]).fit(Net(cb))
     assert {k: getattr(cb.ies.config, k) for k in expected} == expected
     if "target_saving" in expected:  # planned over the Trainer's max_epochs unless total_epochs is given
-        assert cb.ies.config.total_epochs == 2 and len(cb.ies.history_log) == 2
+        assert cb.ies.config.total_epochs == 4 and len(cb.ies.history_log) == 4
 
 
 def test_unknown_rule_parameter_is_refused():
