@@ -73,7 +73,6 @@ class IESConfig:
     order: int = 2  # k: second-order difference, the paper's choice (Figure 5 compares 0..3)
     window: int = 3  # w: the paper code's moving_average_rate
     m: int = 1  # how many of the last moving averages are summed (paper code: k=1)
-    relative: bool = False  # divide the criterion by the sample's mean recent loss (scale-free δ)
     target_saving: Optional[float] = None  # target mode: backprop saving to reach by total_epochs
     max_threshold: Optional[float] = None  # target mode: never exclude a sample whose criterion is above
     target_schedule: str = "late"  # target mode: "late" (∝ epoch², measured best), "ramp" (∝ epoch), "even"
@@ -98,7 +97,6 @@ class IESConfig:
             raise ValueError(f"order must be an int in 0..3 (0: loss, 2: second difference), got {o!r}")
         _integer("window", self.window, 1, " (the paper uses 3)")
         _integer("m", self.m, 1, " (the paper uses 1)")
-        _flag("relative", self.relative)
         _integer("probe_every", self.probe_every, 1, " (1 probes every epoch)")
         _flag("probe_backoff", self.probe_backoff)
         if _integer("probe_max_interval", self.probe_max_interval, 1, " (epochs)") < self.probe_every:

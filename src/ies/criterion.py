@@ -3,8 +3,7 @@
 A sample's loss history is a row of an ``(N, H)`` tensor, oldest loss first, newest
 last, with ``H = order + window + m``. From it come ``window + m`` order-``k``
 differences, ``m + 1`` moving averages of their absolute values (window ``w``), and
-the sample's *criterion*: the sum of the last ``m`` moving averages (optionally divided by
-the sample's mean loss over its history, ``relative=True``). A sample is mastered when it
+the sample's *criterion*: the sum of the last ``m`` moving averages. A sample is mastered when it
 has a full history of finite losses and its criterion is below the threshold. In target
 mode the tracker instead excludes the ``k`` samples with the lowest criterion
 (:func:`select_most_stable`), ``k`` planned by :func:`exclusion_quota`.
@@ -89,42 +88,32 @@ def _raw_criterion(cols: Sequence[Tensor], *, order: int, window: int, m: int) -
     return score
 
 
-def criterion_values(history: Tensor, count: Tensor, *, order: int, window: int, m: int,
-                     relative: bool = False) -> Tensor:
+def criterion_values(history: Tensor, count: Tensor, *, order: int, window: int, m: int) -> Tensor:
     """Per-sample criterion ``(N,)``: the sum of the last ``m`` moving averages of ``|order-k diff|``.
 
     ``history`` is ``(N, H)`` with the newest loss last; ``count`` ``(N,)`` is how many
     losses each sample has recorded in total. Samples with fewer than ``H`` losses, or a
-    non-finite loss in their window, get ``+inf`` (never mastered). ``relative=True``
-    divides by the sample's mean loss over its history, so one δ means the same on a loss
-    of 0.05 and of 3.
+    non-finite loss in their window, get ``+inf`` (never mastered).
     """
     needed = history_length(order, window, m)
     if history.shape[-1] != needed:
         raise ValueError(
             f"history has {history.shape[-1]} columns but order={order}, window={window}, m={m} need {needed}"
         )
-    return column_criterion(history.unbind(-1), count, order=order, window=window, m=m, relative=relative)
+    return column_criterion(history.unbind(-1), count, order=order, window=window, m=m)
 
 
-def column_criterion(cols: Sequence[Tensor], count: Tensor, *, order: int, window: int, m: int,
-                     relative: bool = False) -> Tensor:
+def column_criterion(cols: Sequence[Tensor], count: Tensor, *, order: int, window: int, m: int) -> Tensor:
     """:func:`criterion_values` on ``H`` columns ``(N,)``, oldest first (the tracker's layout)."""
     value = _raw_criterion(cols, order=order, window=window, m=m)
-    if relative:
-        scale = cols[0].abs()
-        for c in cols[1:]:
-            scale = scale + c.abs()
-        value.div_(scale.div_(len(cols)).clamp_(min=1e-12))
     # Losses 1..H-1 all feed the criterion, so it is finite only if they are; check the oldest.
     ok = (count >= len(cols)) & torch.isfinite(cols[0]) & torch.isfinite(value)
     return value.masked_fill_(~ok, float("inf"))
 
 
-def mastered_mask(history: Tensor, count: Tensor, *, threshold: float, order: int, window: int, m: int,
-                  relative: bool = False) -> Tensor:
+def mastered_mask(history: Tensor, count: Tensor, *, threshold: float, order: int, window: int, m: int) -> Tensor:
     """Boolean ``(N,)``: which samples meet the criterion (below ``threshold``)."""
-    return criterion_values(history, count, order=order, window=window, m=m, relative=relative) < threshold
+    return criterion_values(history, count, order=order, window=window, m=m) < threshold
 
 
 def select_most_stable(values: Tensor, k: int, cap: Optional[float] = None) -> Tensor:

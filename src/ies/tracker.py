@@ -205,7 +205,7 @@ class IES:
     def criterion(self) -> Tensor:
         """Current criterion value per sample ``(N,)`` (``inf`` where not yet judged)."""
         c = self.config
-        return column_criterion(self._history.columns(), self.count, order=c.order, window=c.window, m=c.m, relative=c.relative)
+        return column_criterion(self._history.columns(), self.count, order=c.order, window=c.window, m=c.m)
 
     # ----------------------------------------------------------------- history
     @property
