@@ -57,7 +57,8 @@ def _gather(t: torch.Tensor, world: int):
 
 def _check_private_copy(parent: DistributedIES) -> None:
     # mp.spawn pickles CPU tensors into shared memory; each rank must get its own copy.
-    assert not parent.pending.is_shared() and not parent.history.is_shared()
+    owned = [parent.count, parent.excluded, parent._history.ring, parent._records.pending, parent._records.train]
+    assert not any(t.is_shared() for t in owned)
 
 
 def _check_large_indices(rank: int, world: int) -> None:

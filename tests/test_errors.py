@@ -37,18 +37,24 @@ def test_length_mismatch() -> None:
 
 @pytest.mark.parametrize("bad", [-1, 4, 100])
 def test_index_out_of_range(bad: int) -> None:
+    """record() only queues the batch on CPU (cheap); the check runs when the epoch's records are
+    first read (probe pass, step, checkpoint) and names the call; nothing of the queue is written."""
     t = tr4()
-    with pytest.raises(ValueError, match=r"out of range.*num_samples=4.*0\.\.3"):
-        t.record(torch.tensor([0, bad]), torch.rand(2))
-    assert not t.pending_mask.any()  # nothing half-written
+    t.record(torch.tensor([3]), torch.rand(1))
+    t.record(torch.tensor([0, bad]), torch.rand(2))
+    with pytest.raises(ValueError, match=rf"out of range in record\(\) call #2 .*got {bad}.*num_samples=4.*0\.\.3"):
+        t.step()
+    assert not t.pending_mask.any() and t.epoch == 0  # nothing half-written, the epoch not stepped
 
 
 def test_duplicate_index_in_one_record() -> None:
     t = tr4()
-    with pytest.raises(ValueError, match=r"duplicate index.*once"):
-        t.record(torch.tensor([1, 2, 1]), torch.rand(3))
+    t.record(torch.tensor([1, 2, 1]), torch.rand(3))
+    with pytest.raises(ValueError, match=r"duplicate index in record\(\) call #1.*once"):
+        t.step()
+    t.record_probe(torch.tensor([3, 3]), torch.rand(2))
     with pytest.raises(ValueError, match=r"duplicate index"):
-        t.record_probe(torch.tensor([3, 3]), torch.rand(2))
+        t.indices_to_probe()  # any read of the epoch's records checks them
     assert not t.pending_mask.any()
     # the same index in two different calls of one epoch is allowed (the last one counts)
     t.record(torch.tensor([1]), torch.tensor([1.0]))

@@ -245,6 +245,10 @@ def test_record_returns_its_input_unchanged() -> None:
     assert not tr.pending.requires_grad
     half = torch.tensor([0.5, 1.5], dtype=torch.float16)
     assert tr.record(torch.tensor([0, 1]), half) is half
+    later = torch.tensor([7.0])
+    tr.record(torch.tensor([3]), later)
+    later.mul_(10)  # changed in place after recording: the recorded value is the one given
+    assert tr.pending[3].item() == 7.0
 
 
 # --------------------------------------------------------------------------- probe_losses

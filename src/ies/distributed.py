@@ -191,9 +191,10 @@ class DistributedIES(IES):
         # shared memory: every spawned rank would write into the same buffers. Unpickling
         # gives each process its own copy.
         self.__dict__.update(state)
-        for k, v in list(self.__dict__.items()):
-            if isinstance(v, Tensor):
-                self.__dict__[k] = v.clone()
+        for owner in (self, self._history, self._records):  # the tracker and the parts that hold its tensors
+            for k, v in list(vars(owner).items()):
+                if isinstance(v, Tensor):
+                    setattr(owner, k, v.clone())
 
     @property
     def world_size(self) -> int:
@@ -242,7 +243,7 @@ class DistributedIES(IES):
         # Kind travels in the two low bits of the int64 index: exact, and no extra gather.
         wire = local_idx * 4 + trained[local_idx].long() + 2 * probed[local_idx].long()
         delta = [self.books.epoch[k] - self._synced[k] for k in COUNTS]
-        extra = torch.tensor([*(int(round(d)) for d in delta), int(bool(self._bad_record))], dtype=torch.int64)
+        extra = torch.tensor([*(int(round(d)) for d in delta), int(bool(self._records.bad))], dtype=torch.int64)
         wire, val, _, extras = all_gather_records(wire, self.pending[local_idx], self.group, extra=extra)
         idx, kind = wire // 4, wire % 4
         first, val = merge_records(idx, val)
@@ -255,7 +256,7 @@ class DistributedIES(IES):
             self.books.epoch[k] = self._synced[k] + d
         self._synced = dict(self.books.epoch)
         if sums[-1]:
-            self._bad_record = torch.ones((), dtype=torch.bool, device=self.device)
+            self._records.bad = torch.ones((), dtype=torch.bool, device=self.device)
 
     def step(self) -> EpochStats:
         """Merge all ranks' records (one gather), then :meth:`IES.step` on each rank."""

@@ -30,6 +30,7 @@ from .config import IESConfig
 from .criterion import column_criterion, exclusion_quota, history_length, select_most_stable
 from .history import RingHistory
 from .probing import backoff_next, probe_losses, staggered_due
+from .records import EpochRecords
 from .state import STATE_VERSION, check_record, check_state, memory_check, misuse_messages
 
 __all__ = ["IES", "IESWarning"]
@@ -74,19 +75,13 @@ class IES:
         n, h, dev = num_samples, history_length(config.order, config.window, config.m), self.device
         self._history = RingHistory(n, h, dev)
         self.count = torch.zeros(n, dtype=torch.int32, device=dev)  # losses committed per sample
-        self.pending = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)  # this epoch's loss
-        self.train_records = torch.zeros(n, dtype=torch.int16, device=dev)  # training records this epoch
-        self.probe_records = torch.zeros(n, dtype=torch.int16, device=dev)  # probe records this epoch
+        self._records = EpochRecords(n, dev)  # this epoch's losses and record counts
         self.excluded = torch.zeros(n, dtype=torch.bool, device=dev)  # left out of the current epoch
         self.times_excluded = torch.zeros(n, dtype=torch.int32, device=dev)
         self.times_reincluded = torch.zeros(n, dtype=torch.int32, device=dev)
         self.first_mastered = torch.full((n,), -1, dtype=torch.int32, device=dev)
         self.probe_interval = torch.full((n,), config.probe_every, dtype=torch.int32, device=dev)
         self.probe_due = torch.zeros(n, dtype=torch.int32, device=dev)  # back-off: epoch of the next probe
-        self._stamp = torch.zeros(n, dtype=torch.int32, device=dev)  # scratch: duplicate-index check
-        self._bad_record = torch.zeros((), dtype=torch.bool, device=dev)  # range/duplicate checks off-CPU
-        self._aranges: Dict[int, Tensor] = {}
-        self._ones: Dict[int, Tensor] = {}
         self.epoch = 0
         self.num_active = n
         self.books = Accounting(n, config.forward_cost)
@@ -96,45 +91,52 @@ class IES:
         self._warned: set = set()
 
     # ----------------------------------------------------------------- recording
-    def _write(self, indices: Tensor, losses: Tensor, counter: Tensor) -> None:
+    def _write(self, indices: Tensor, losses: Tensor, kind: str) -> None:
         check_record(indices, losses)
         dev = self.device
         idx = indices if (indices.dtype == torch.int64 and indices.device == dev) else indices.to(dev, torch.int64, non_blocking=True)
-        val = losses.detach() if losses.requires_grad else losses
-        if val.dtype != torch.float32 or val.device != dev:
-            val = val.to(dev, torch.float32, non_blocking=True)
-        b = idx.shape[0]
-        if b == 0:
+        if losses.dtype != torch.float32 or losses.device != dev:
+            val = losses.detach().to(dev, torch.float32, non_blocking=True)
+        else:  # a copy: the caller may change its loss tensor in place before the records are written
+            val = losses.detach().clone()
+        if idx.shape[0] == 0:
             return
         if self._epoch_start is None:
             self._epoch_start = time.perf_counter()
-        # Duplicates: stamp each position, read back; a duplicate reads another's stamp.
-        ar = self._aranges.get(b)
-        if ar is None:
-            ar = self._aranges[b] = torch.arange(b, dtype=torch.int32, device=dev)
-            self._ones[b] = torch.ones(b, dtype=torch.int16, device=dev)
-        if dev.type == "cpu":  # free to check now: fail at the bad call, before writing any state
-            try:  # the scatter itself checks the range (the stamp is scratch)
-                self._stamp.scatter_(0, idx, ar)
-            except RuntimeError:
-                raise ValueError(self._record_error(idx)) from None
-            if b > 1 and not torch.equal(self._stamp.index_select(0, idx), ar):
-                raise ValueError(self._record_error(idx))
-        else:  # one host sync per epoch: checked in step()
-            lo, hi = torch.aminmax(idx)
-            idx = idx.clamp(0, self.num_samples - 1)
-            self._stamp.scatter_(0, idx, ar)
-            self._bad_record |= (lo < 0) | (hi >= self.num_samples) | (self._stamp.index_select(0, idx) != ar).any()
-        self.pending.scatter_(0, idx, val)  # indices are unique: scatter is deterministic
-        counter.index_add_(0, idx, self._ones[b])
+        self._records.add(idx, val, kind)  # checked and written at the epoch's first read (see ies.records)
 
-    def _record_error(self, idx: Tensor) -> str:
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= self.num_samples:
-            return (f"index out of range: got indices in [{lo}, {hi}] but the tracker was built for "
-                    f"num_samples={self.num_samples}; pass dataset indices 0..{self.num_samples - 1}")
-        return ("duplicate index in one record() call: each sample may appear once per batch; "
-                "record each sample's loss once (with gradient accumulation, once per micro-batch)")
+    @property
+    def pending(self) -> Tensor:
+        """This epoch's recorded losses ``(N,)`` (NaN where none)."""
+        self._records.flush()
+        return self._records.pending
+
+    @pending.setter
+    def pending(self, value: Tensor) -> None:
+        self._records.flush()
+        self._records.pending = value
+
+    @property
+    def train_records(self) -> Tensor:
+        """How many training losses each sample got this epoch ``(N,)`` int16."""
+        self._records.flush()
+        return self._records.train
+
+    @train_records.setter
+    def train_records(self, value: Tensor) -> None:
+        self._records.flush()
+        self._records.train = value
+
+    @property
+    def probe_records(self) -> Tensor:
+        """How many probe losses each sample got this epoch ``(N,)`` int16."""
+        self._records.flush()
+        return self._records.probe
+
+    @probe_records.setter
+    def probe_records(self, value: Tensor) -> None:
+        self._records.flush()
+        self._records.probe = value
 
     def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None) -> Tensor:
         """Record the per-sample training losses of a batch; returns ``losses`` unchanged.
@@ -144,7 +146,7 @@ class IES:
         ``loss = tracker.record(idx, F.cross_entropy(out, y, reduction="none")).mean()``.
         ``backpropagated``: how many of them are backpropagated (default: all).
         """
-        self._write(indices, losses, self.train_records)
+        self._write(indices, losses, "train")
         b = losses.shape[0]
         counts = self.books.epoch
         counts["trained"] += b
@@ -157,7 +159,7 @@ class IES:
 
     def record_probe(self, indices: Tensor, losses: Tensor, *, seconds: float = 0.0) -> None:
         """Record losses measured by a forward-only probe pass (no backprop) that took ``seconds``."""
-        self._write(indices, losses, self.probe_records)
+        self._write(indices, losses, "probe")
         self.books.add("probed", int(losses.shape[0]))
         self._probe_seconds += float(seconds)
 
@@ -271,9 +273,10 @@ class IES:
 
     def step(self) -> EpochStats:
         """Commit this epoch's losses, decide next epoch's excluded set, return the statistics."""
+        self._records.flush()
         self._sync_pending()
         c = self.config
-        if bool(self._bad_record):
+        if bool(self._records.bad):
             raise ValueError("an earlier record() call had an index out of range or a duplicate index; "
                              f"indices must be unique per batch and in 0..{self.num_samples - 1}")
         trained, probed = self.train_records > 0, self.probe_records > 0
@@ -295,9 +298,7 @@ class IES:
         n_excl, n_mast, n_both, n_next, n_nonfinite, n_twice, n_while_excl, n_trained, n_got = flags.sum(1).tolist()
         stats = self._close(nxt, n_excl, n_mast, n_next - n_both, n_excl - n_both, n_next, n_nonfinite, n_twice,
                             n_while_excl, self.num_samples - n_excl - n_trained + n_while_excl, n_got)
-        self.pending.fill_(float("nan"))
-        self.train_records.zero_()
-        self.probe_records.zero_()
+        self._records.reset()
         return stats
 
     def _update_counters(self, was: Tensor, nxt: Tensor, probed: Tensor) -> None:
