@@ -17,7 +17,7 @@ import pytest
 
 from ies.cli import main
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 # Enough epochs that the process is still training when the second row lands.
 RUN = ["--epochs", "40", "--train-size", "400", "--quiet"]

@@ -44,6 +44,7 @@ def test_lightning_example(tmp_path):
     assert "epoch  1" in out and "resumed from epoch 2 to 3" in out and "done:" in out
 
 
+@pytest.mark.slow
 def test_huggingface_example_under_torchrun(tmp_path):
     """Two processes: accelerate shards the active sampler's batches, DistributedIES merges the losses."""
     out = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -55,6 +56,7 @@ def test_huggingface_example_under_torchrun(tmp_path):
     assert active < 256  # threshold 0.69 ~ ln 2: samples better than chance leave after two losses
 
 
+@pytest.mark.slow
 def test_ddp_torchrun(tmp_path):
     state = tmp_path / "ies.pt"
     out = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(EXAMPLES / "ddp_torchrun.py"),

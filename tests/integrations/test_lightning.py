@@ -254,6 +254,7 @@ def held_rendezvous(monkeypatch):
         del store
 
 
+@pytest.mark.slow
 def test_ddp_spawn_two_processes(tmp_path, monkeypatch):
     """2 CPU processes (gloo): ranks agree, every active sample trained once, same sets as one process."""
     cb = new_cb()
