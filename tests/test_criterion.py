@@ -245,7 +245,7 @@ def test_staggered_probing_matches_reference(order: int, w: int, m: int, probe_e
     history (so it stays excluded); the feedback loop matches the reference fed the same measurements."""
     traces = make_traces(N, EPOCHS, seed=99 + order + probe_every, clean=CLEAN)
     d = 1e-2
-    tr = IES(N, threshold=d, order=order, window=w, m=m, probe_every=probe_every)
+    tr = IES(N, threshold=d, order=order, window=w, m=m, probe_every=probe_every, probe_backoff=False)
     ref = Reference(N, order, w, m, d)
     rng = random.Random(3)
     total_re = 0
@@ -269,7 +269,7 @@ def test_staggered_probing_matches_reference(order: int, w: int, m: int, probe_e
 
 def test_staggered_probing_probes_each_excluded_sample_once_per_r_epochs() -> None:
     n, r = 30, 5
-    tr = IES(n, threshold=1.0, probe_every=r)
+    tr = IES(n, threshold=1.0, probe_every=r, probe_backoff=False)
     probes = {i: [] for i in range(n)}
     for e in range(20):
         act = tr.active_mask.nonzero().flatten()

@@ -18,7 +18,7 @@ from ies import IndexedDataset, IES
 from ies.distributed import DistributedIES, all_gather_records, merge_records, unwrap_model, world_info
 
 N, BS, EPOCHS, RESUME_AT, SYNC_AT = 37, 4, 9, 4, 6
-RULE = dict(threshold=0.02, order=1, window=2, m=1)
+RULE = dict(threshold=0.02, order=1, window=2, m=1, probe_backoff=False)  # every excluded sample probed every epoch
 BIG = 2**24 + 1  # not representable in float32: 2**24 + 1 -> 2**24
 
 

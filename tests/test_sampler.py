@@ -15,7 +15,7 @@ from ies.sampler import active_order
 
 def fast_tracker(n: int) -> IES:
     """A tracker that judges after two losses (order 0, w 1, m 1): a loss of 0 masters."""
-    return IES(n, threshold=0.5, order=0, window=1, m=1)
+    return IES(n, threshold=0.5, order=0, window=1, m=1, probe_backoff=False)
 
 
 def epoch_with(tr: IES, excluded_next: Iterable[int]) -> None:

@@ -48,7 +48,7 @@ def run_epoch(tr: IES, loss: Callable[[int, int], float], e: int, *, batch: int 
 
 def test_statistics_accounting() -> None:
     n, fc = 8, 0.25
-    tr = IES(n, forward_cost=fc)
+    tr = IES(n, forward_cost=fc, probe_backoff=False)  # every excluded sample probed every epoch
     tot_excl = tot_train = tot_bp = tot_scored = 0
     for e in range(16):
         now, nxt = expected_excluded(e), expected_excluded(e + 1)
@@ -97,7 +97,7 @@ def test_reincluded_is_only_the_jumping_sample() -> None:
 
 
 def test_default_compute_saved_counts_scoring_at_one_third() -> None:
-    tr = IES(4)  # forward_cost 1/3
+    tr = IES(4, probe_backoff=False)  # forward_cost 1/3, probing every epoch
     for e in range(8):
         run_epoch(tr, lambda i, e: 1.0, e)
         s = tr.step()
@@ -140,7 +140,7 @@ def test_annealing_stops_exclusion_from_anneal_start() -> None:
 
 def test_probe_every_keeps_excluded_between_probes() -> None:
     r = 3
-    tr = IES(4, probe_every=r)
+    tr = IES(4, probe_every=r, probe_backoff=False)
 
     def loss(i: int, e: int) -> float:
         return 2.0 if (i == 0 and e >= 8) else 1.0
@@ -309,7 +309,7 @@ def test_end_epoch_scores_excluded_with_a_model() -> None:
     n = 6
     ds = IndexedDataset(TensorDataset(torch.ones(n, 1), torch.zeros(n)))
     model = ConstLoss()
-    tr = IES(n)
+    tr = IES(n, probe_backoff=False)
     for e in range(9):
         active = tr.active_indices()
         if active.numel():

@@ -42,7 +42,7 @@ def _flag(name: str, value: Any) -> bool:
 
 @dataclass(frozen=True)
 class IESConfig:
-    """Parameters of the IES rule. Defaults are the paper's (δ-mode, every-epoch probing).
+    """Parameters of the IES rule. The rule's defaults are the paper's (δ-mode, δ = 1e-3, order 2).
 
     Two ways to decide who sits out:
 
@@ -60,7 +60,9 @@ class IESConfig:
       ``target_measure="compute"`` makes the target the compute saving instead, with the
       probe pass charged at ``forward_cost`` (for a compute budget: 2x is 0.5).
 
-    Probing (the forward-only pass that measures excluded samples): every epoch by default;
+    Probing (the forward-only pass that measures excluded samples): back-off by default (below;
+    measured in docs/benchmarks/probing.md: same accuracy, fastest); ``probe_backoff=False``
+    probes every excluded sample every epoch, as the paper does;
     ``probe_every=r`` probes each excluded sample once every ``r`` epochs, staggered by index
     so the cost is flat; ``probe_backoff=True`` doubles a sample's interval after each probe
     that leaves it excluded, up to ``probe_max_interval``, and starts again from ``probe_every``
@@ -78,7 +80,7 @@ class IESConfig:
     target_schedule: str = "late"  # target mode: "late" (∝ epoch², measured best), "ramp" (∝ epoch), "even"
     target_measure: str = "backprop"  # target mode: "backprop" sample-epochs, or "compute" (probing charged)
     probe_every: int = 1  # r: probe each excluded sample every r epochs, staggered (App. F uses 5)
-    probe_backoff: bool = False  # double a still-excluded sample's probe interval up to the cap
+    probe_backoff: bool = True  # double a still-excluded sample's probe interval up to the cap
     probe_max_interval: int = 8  # cap of the back-off interval, in epochs
     probe_all: bool = False  # probe every sample (trained ones too) and judge all on that measure
     anneal_fraction: float = 0.0  # train on all data for this last fraction of epochs (ImageNet: 0.1)

@@ -26,7 +26,7 @@ from ies.integrations.huggingface import IES_STATE_NAME, IESTrainer, per_sample_
 from ies.training import EpochProgressLR  # noqa: E402
 
 N, T, V, BS = 40, 8, 64, 8
-RULE = dict(threshold=0.5, order=0, window=1, m=1)  # mastered when the last loss < 0.5 (from the 2nd loss on)
+RULE = dict(threshold=0.5, order=0, window=1, m=1, probe_backoff=False)  # mastered when the last loss < 0.5 (from the 2nd loss on); probed every epoch
 
 
 def bert():

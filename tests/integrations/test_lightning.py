@@ -28,7 +28,7 @@ N, BS, THR = 64, 8, 0.5
 # (rule order=0, window=1, m=1: mastered when the last loss < THR, from the 2nd loss on).
 # Active counts per epoch: 64, 64, 24, 56, 16, 64: epochs shrink, then grow again.
 CUT = {1: 40, 2: 8, 3: 48}
-RULE = dict(threshold=THR, order=0, window=1, m=1)
+RULE = dict(threshold=THR, order=0, window=1, m=1, probe_backoff=False)
 
 
 def synthetic_loss(idx: torch.Tensor, epoch: int) -> torch.Tensor:
