@@ -40,6 +40,23 @@ class IESWarning(UserWarning):
     """A misuse that IES can survive but that makes its numbers wrong; the message says the fix."""
 
 
+class _EpochRecord:
+    """A tensor of the epoch's records, read (or replaced) after the queued calls are written."""
+
+    def __init__(self, field: str, doc: str) -> None:
+        self.field, self.__doc__ = field, doc
+
+    def __get__(self, tracker: Any, owner: Any = None) -> Any:
+        if tracker is None:
+            return self
+        tracker._records.flush()
+        return getattr(tracker._records, self.field)
+
+    def __set__(self, tracker: Any, value: Tensor) -> None:
+        tracker._records.flush()
+        setattr(tracker._records, self.field, value)
+
+
 class IES:
     """Instance-dependent Early Stopping state for a training set of ``num_samples``.
 
@@ -105,38 +122,9 @@ class IES:
             self._epoch_start = time.perf_counter()
         self._records.add(idx, val, kind)  # checked and written at the epoch's first read (see ies.records)
 
-    @property
-    def pending(self) -> Tensor:
-        """This epoch's recorded losses ``(N,)`` (NaN where none)."""
-        self._records.flush()
-        return self._records.pending
-
-    @pending.setter
-    def pending(self, value: Tensor) -> None:
-        self._records.flush()
-        self._records.pending = value
-
-    @property
-    def train_records(self) -> Tensor:
-        """How many training losses each sample got this epoch ``(N,)`` int16."""
-        self._records.flush()
-        return self._records.train
-
-    @train_records.setter
-    def train_records(self, value: Tensor) -> None:
-        self._records.flush()
-        self._records.train = value
-
-    @property
-    def probe_records(self) -> Tensor:
-        """How many probe losses each sample got this epoch ``(N,)`` int16."""
-        self._records.flush()
-        return self._records.probe
-
-    @probe_records.setter
-    def probe_records(self, value: Tensor) -> None:
-        self._records.flush()
-        self._records.probe = value
+    pending = _EpochRecord("pending", "This epoch's recorded losses ``(N,)`` float32 (NaN where none).")
+    train_records = _EpochRecord("train", "How many training losses each sample got this epoch ``(N,)`` int16.")
+    probe_records = _EpochRecord("probe", "How many probe losses each sample got this epoch ``(N,)`` int16.")
 
     def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None) -> Tensor:
         """Record the per-sample training losses of a batch; returns ``losses`` unchanged.
