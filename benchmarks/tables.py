@@ -75,15 +75,16 @@ def _family(label: str) -> str:
 
 def tradeoff(root: str, plot: str = "") -> None:
     runs = _runs(root)
-    ref = _acc(runs["none"]) if "none" in runs else None
+    ref = runs.get("none")
     print("| method | backprop saved | compute saved | final test acc (%) | vs none (paired, points) | seeds |")
     print("|---|---|---|---|---|---|")
     rows = sorted(runs.items(), key=lambda kv: (_family(kv[0]), _saved(kv[1])))
     for label, rs in rows:
         acc = _acc(rs)
         diff = ""
-        if ref is not None and label != "none" and len(ref) == len(acc):
-            d = [a - b for a, b in zip(acc, ref)]
+        common = sorted(set(rs) & set(ref or {}))
+        if ref is not None and label != "none" and common:  # paired on the seeds both have
+            d = [rs[k]["summary"]["final_test_acc"] - ref[k]["summary"]["final_test_acc"] for k in common]
             diff = f"{statistics.mean(d):+.2f}"
         print(f"| {label} | {100 * _saved(rs):.1f}% | {100 * _saved(rs, 'compute_saved'):.1f}% | {_ms(acc)} | "
               f"{diff} | {len(acc)} |")
