@@ -51,10 +51,11 @@ class IESPolicy(SelectionPolicy):
         self.tracker.record_probe(indices, losses, seconds=seconds)
 
     def close_epoch(self, val_accuracy: Optional[float] = None) -> Dict[str, Any]:
+        forward_only = self.books.epoch["forward_only"]  # step() closes the books
         s = self.tracker.step()
         stats = {
             "epoch": self.epoch, "excluded": s.excluded, "backpropagated": s.trained,
-            "backprop_equivalent": s.backpropagated, "forward_only": 0,
+            "backprop_equivalent": s.backpropagated, "forward_only": forward_only,
             "probed": s.probed, "backprop_saved": s.backprop_saved, "compute_saved": s.compute_saved,
             "mastered": s.mastered, "newly_excluded": s.newly_excluded, "reincluded": s.reincluded,
             "next_active": s.next_active, "unrecorded": s.unrecorded, "nonfinite": s.nonfinite,
