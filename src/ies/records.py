@@ -63,7 +63,8 @@ class EpochRecords:
         batches = [(kind, self._check(calls)) for kind, calls in queued]  # all checks before any write
         for kind, (idx, val) in batches:
             self.pending.scatter_(0, idx, val)  # a sample recorded twice: the later loss (CPU scatter is in order)
-            getattr(self, kind).index_add_(0, idx, self._ones_of(idx.shape[0]))
+            # not cached: the epoch's total differs from epoch to epoch (the cache is for per-call batch sizes)
+            getattr(self, kind).index_add_(0, idx, torch.ones(idx.shape[0], dtype=torch.int16, device=self.device))
 
     def _check(self, calls: List[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
         idx = torch.cat([i for i, _ in calls]) if len(calls) > 1 else calls[0][0]
