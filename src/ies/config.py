@@ -16,6 +16,8 @@ import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Dict, Optional
 
+from .criterion import history_length
+
 __all__ = ["IESConfig"]
 
 
@@ -132,7 +134,7 @@ class IESConfig:
             raise ValueError(f"target_schedule must be 'even', 'ramp' or 'late', got {self.target_schedule!r}")
         if self.target_measure not in ("backprop", "compute"):
             raise ValueError(f"target_measure must be 'backprop' or 'compute', got {self.target_measure!r}")
-        first = self.order + self.window + self.m  # the first epoch in which a sample can be judged
+        first = history_length(self.order, self.window, self.m)  # the first epoch a sample can be judged
         plan = self.anneal_start if self.anneal_start is not None else self.total_epochs
         reachable = max(0, plan - first) / self.total_epochs
         if s > reachable:
