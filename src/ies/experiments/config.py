@@ -21,6 +21,8 @@ OPTIMIZERS = {
     "sgd": "SGD with momentum 0.9, weight decay 5e-4, cosine schedule",
     "adam": "Adam lr 0.001",
     "adam-cos": "Adam lr 0.001 with cosine decay to 0 over the run",
+    "adam-lin0": "Adam lr 0.001 decayed linearly to 0 over the run, per step (Li et al. 2020, Budgeted Training)",
+    "sgd-lin0": "SGD as 'sgd' (momentum 0.9, weight decay 5e-4), lr decayed linearly to 0 over the run, per step",
     "adamw": "AdamW lr 0.001, weight decay 0.01",
 }
 
@@ -84,9 +86,10 @@ class RunConfig:
             if d[k] is None:
                 d[k] = 256
         if d["weight_decay"] is None:
-            d["weight_decay"] = {"sgd": 5e-4, "adamw": 0.01}.get(d["optimizer"], 0.0)
+            d["weight_decay"] = {"sgd": 5e-4, "sgd-lin0": 5e-4, "adamw": 0.01}.get(d["optimizer"], 0.0)
         if d["lr"] is None:
-            d["lr"] = {"sgd-f": 1e-3, "adam": 1e-3, "adam-cos": 1e-3, "adamw": 1e-3}.get(d["optimizer"], 0.1)
+            adam_lr = {k: 1e-3 for k in ("sgd-f", "adam", "adam-cos", "adam-lin0", "adamw")}
+            d["lr"] = adam_lr.get(d["optimizer"], 0.1)
         cfg = RunConfig(**d)
         cfg.validate()
         return cfg

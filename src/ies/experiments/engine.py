@@ -33,9 +33,12 @@ from .models import build_model
 
 __all__ = ["EngineCallback", "EpochContext", "RunResult", "TrainingDiverged", "run_training", "check_run",
            "load_run_data", "build_optimizer", "evaluate", "per_sample_losses", "model_for_data", "summarize",
-           "CHECKPOINT_FORMAT"]
+           "CHECKPOINT_FORMAT", "PER_STEP_SCHEDULES"]
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint's keys change
+# Schedules set per training step from the fractional epoch (epoch + batch / batches), so a linear decay
+# reaches zero at the end of the run (Li et al. 2020, "Budgeted Training"); the others change once per epoch.
+PER_STEP_SCHEDULES = ("adam-lin0", "sgd-lin0")
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,13 +88,17 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> Tuple[torch.optim.Optim
     """The paper's optimizers; returns the optimizer and an epoch -> lr-factor function."""
     name, lr, wd, e = cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.epochs
     params = model.parameters()
-    if name in ("adam", "adamw", "adam-cos"):
+    if name in ("adam", "adamw", "adam-cos", "adam-lin0"):
         opt: torch.optim.Optimizer = (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=wd)
         if name == "adam-cos":
             return opt, lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / e))
+        if name == "adam-lin0":
+            return opt, lambda epoch: max(0.0, 1.0 - epoch / e)
         return opt, lambda epoch: 1.0
-    momentum = 0.9 if name == "sgd" else 0.0
+    momentum = 0.9 if name in ("sgd", "sgd-lin0") else 0.0
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
+    if name == "sgd-lin0":
+        return opt, lambda epoch: max(0.0, 1.0 - epoch / e)
     if name == "sgd-f":
         return opt, lambda epoch: 1.0
     if name == "sgd-l":  # lr -> lr/10 linearly over the run
@@ -207,7 +214,12 @@ def _train_epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> 
     order = active_order(policy.train_mask(), epoch=epoch, seed=cfg.seed).to(dev)
     loss_sum, correct, finite = (torch.zeros((), device=dev) for _ in range(3))
     seen = 0
+    per_step = cfg.optimizer in PER_STEP_SCHEDULES
     for s in range(0, order.numel(), cfg.batch_size):
+        if per_step:
+            factor = run.lr_factor(epoch + s / order.numel())
+            for g, lr0 in zip(opt.param_groups, run.base_lrs):
+                g["lr"] = lr0 * factor
         idx = order[s : s + cfg.batch_size]
         x, y = xtr[idx], ytr[idx]
         if run.aug is not None:
