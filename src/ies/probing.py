@@ -10,6 +10,7 @@ excluded is probed less and less often).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
@@ -20,7 +21,8 @@ from torch.utils.data import DataLoader, Subset
 
 from .dataset import IndexedDataset
 
-__all__ = ["probe_losses", "default_forward", "to_device", "staggered_due", "backoff_next", "tune_probe_batch_size"]
+__all__ = ["probe_losses", "default_forward", "to_device", "staggered_due", "backoff_next", "tune_probe_batch_size",
+           "frozen_train_mode", "FROZEN_TYPES"]
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -49,6 +51,33 @@ def default_forward(model: torch.nn.Module, batch: Any, loss_fn: Callable[..., T
             "structures pass forward=lambda model, batch: per_sample_losses"
         )
     return loss_fn(model(batch[0]), batch[1])
+
+
+# Modules whose train mode changes state or draws random numbers: normalization layers that update
+# running statistics, and dropout. ``frozen_train_mode`` keeps them in eval mode.
+FROZEN_TYPES: Tuple[type, ...] = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm,
+                                  torch.nn.modules.dropout._DropoutNd, torch.nn.AlphaDropout)
+
+
+@contextlib.contextmanager
+def frozen_train_mode(model: torch.nn.Module) -> Any:
+    """The model in train mode with every BatchNorm/InstanceNorm and dropout module in eval mode.
+
+    For models that return their losses only in train mode (torchvision's detectors): the loss
+    code runs, but normalization layers use and keep their running statistics (no update) and
+    dropout is off, so a probe changes nothing and measures the model deterministically. Every
+    module's own mode is restored afterwards.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.train()
+        for m in model.modules():
+            if isinstance(m, FROZEN_TYPES):
+                m.eval()
+        yield model
+    finally:
+        for m, was in modes:
+            m.training = was
 
 
 def _is_tensor_data(data: Any) -> bool:
@@ -92,6 +121,8 @@ def probe_losses(
     num_workers: int = 0,
     eval_mode: bool = True,
     autocast_dtype: Optional[torch.dtype] = None,
+    frozen_train: bool = False,
+    rng_seed: Optional[int] = None,
 ) -> Tensor:
     """Per-sample losses ``(len(indices),)`` float32 of ``data[indices]``, without autograd.
 
@@ -101,6 +132,17 @@ def probe_losses(
     batch structure. The model runs in eval mode (as the paper's code does) and is restored
     afterwards; inputs are made channels-last when the model's conv weights are, and
     ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the pass under autocast as training does.
+
+    **Models whose loss needs the targets or comes as a dict** (detectors, segmentation models
+    that compute their own loss): pass ``forward=loss_fn`` with ``loss_fn(model, batch) ->
+    (B,)`` per-sample losses (reduce a dict of per-pixel or per-box losses with
+    :mod:`ies.dense`). ``frozen_train=True`` runs it in :func:`frozen_train_mode` (train mode,
+    for models that return losses only then, but no BatchNorm running-stat update and no
+    dropout). ``rng_seed`` fixes random sampling inside the loss (a detector's anchor or
+    proposal sampler): each batch runs under a forked RNG seeded ``rng_seed + (its position
+    in the dataset of its first sample)``; the global RNG is left as it was. With
+    ``batch_size=1`` every sample is measured with the same draws every epoch, so the loss's
+    second difference measures the model, not the sampler.
 
     Example:
         >>> probe_losses(model, (x, y), torch.tensor([3, 7]), nn.CrossEntropyLoss(reduction="none"))
@@ -117,25 +159,45 @@ def probe_losses(
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     cl = _channels_last(model)
-    was_training = model.training
-    if eval_mode:
-        model.eval()
+    mode = frozen_train_mode(model) if frozen_train else _eval_mode(model, eval_mode)
     out = []
-    try:
-        for batch in _batches(data, idx, bs, collate_fn, num_workers, pin=device.type == "cuda"):
+    with mode:
+        batches = _batches(data, idx, bs, collate_fn, num_workers, pin=device.type == "cuda")
+        for start, batch in zip(range(0, idx.numel(), bs), batches):
             batch = to_device(batch, device)
             if cl and isinstance(batch, tuple) and isinstance(batch[0], Tensor) and batch[0].dim() == 4:
                 batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            rng = _seeded(rng_seed + int(idx[start]), device) if rng_seed is not None else contextlib.nullcontext()
+            with rng, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 losses = forward(model, batch) if forward is not None else default_forward(model, batch, loss_fn)
+            if not isinstance(losses, Tensor):
+                raise ValueError(f"the probe loss returned a {type(losses).__name__}, not a (B,) tensor; reduce a dict "
+                                 "of losses to one loss per sample first (ies.dense.per_sample_mean / scatter_mean)")
             if losses.dim() != 1:
                 raise ValueError(
                     f"probe loss must be one value per sample (reduction='none'), got shape {tuple(losses.shape)}"
                 )
             out.append(losses.detach().float())
+    return torch.cat(out) if out else torch.zeros(0, device=device)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module, on: bool) -> Any:
+    was_training = model.training
+    if on:
+        model.eval()
+    try:
+        yield model
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, device=device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Any:
+    """Draws from the global RNG (and this CUDA device's) seeded ``seed``, the RNG restored afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        torch.manual_seed(seed)
+        yield
 
 
 def tune_probe_batch_size(model: torch.nn.Module, data: Any, loss_fn: Callable[..., Tensor], *,
