@@ -35,7 +35,8 @@ def run(tracker: IES, epochs: range, log: list) -> None:
 @pytest.mark.parametrize("schedule", ["even", "ramp", "late"])
 @pytest.mark.parametrize("target", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
 def test_target_is_hit_within_one_sample(target: float, schedule: str) -> None:
-    tr = IES(N, target_saving=target, total_epochs=E, target_schedule=schedule)
+    cap = 0.8 if target <= 0.64 else 1.0  # the default cap (0.8) reaches 0.8 * (E - H) / E = 0.64 here
+    tr = IES(N, target_saving=target, total_epochs=E, target_schedule=schedule, max_excluded_fraction=cap)
     log: list = []
     run(tr, range(E), log)
     saved = N * E - tr.books.total["backprop"]
@@ -43,6 +44,90 @@ def test_target_is_hit_within_one_sample(target: float, schedule: str) -> None:
     assert log[-1].backprop_saved == pytest.approx(target, abs=1 / (N * E))
     h = history_length(2, 3, 1)
     assert all(s.excluded == 0 for s in log[:h])  # nobody has a full history before epoch H
+    assert all(s.excluded <= cap * N for s in log)  # the cap holds in every epoch
+
+
+@pytest.mark.parametrize("schedule", ["even", "ramp", "late"])
+def test_default_cap_leaves_a_fifth_of_every_epoch_training(schedule: str) -> None:
+    # 0.6 of 30 epochs: uncapped, `late` excluded everyone in the last epochs
+    tr = IES(N, target_saving=0.6, total_epochs=E, target_schedule=schedule)
+    assert tr.config.exclusion_cap == 0.8
+    log: list = []
+    run(tr, range(E), log)
+    most = max(s.excluded for s in log)
+    assert most <= int(0.8 * N)  # never beyond the cap; `late` and `ramp` fill up to it, `even` stays at 0.75
+    assert most == (150 if schedule == "even" else int(0.8 * N))
+    assert min(s.active for s in log) >= 0.2 * N
+    assert abs(N * E - tr.books.total["backprop"] - 0.6 * N * E) <= 1
+
+
+def test_uncapped_late_plan_empties_the_last_epochs_and_the_cap_does_not() -> None:
+    _, free = excluded_per_epoch(target_saving=0.6, max_excluded_fraction=1.0)
+    _, capped = excluded_per_epoch(target_saving=0.6)
+    assert free[-1] == N and capped[-1] == int(0.8 * N)
+    assert sum(free) == pytest.approx(sum(capped), abs=1)  # the same saving, spread over more epochs
+
+
+def test_unreachable_under_the_cap_is_refused_with_the_reach() -> None:
+    with pytest.raises(ValueError, match=r"at most 0.80 of the samples sit out an epoch, so at most 0.640"):
+        IES(N, target_saving=0.7, total_epochs=E)
+    IES(N, target_saving=0.7, total_epochs=E, max_excluded_fraction=1.0)  # lifting the cap reaches it
+
+
+def test_delta_mode_cap_keeps_the_most_stable_mastered() -> None:
+    tr = IES(4, threshold=1.0, max_excluded_fraction=0.5)
+    chosen = tr._decide(torch.tensor([0.3, 0.1, 2.0, 0.2]))
+    assert chosen.tolist() == [False, True, False, True]
+    assert IES(4, threshold=1.0)._decide(torch.tensor([0.3, 0.1, 2.0, 0.2])).tolist() == [True, True, False, True]
+
+
+def keep_run(keep: float, seed: int = 0, epochs: range = range(E), tracker=None) -> tuple:
+    tr = tracker or IES(N, target_saving=0.4, total_epochs=E, keep_fraction=keep, seed=seed)
+    weights, log = [], []
+    for e in epochs:
+        act = tr.active_indices()
+        w = tr.record(act, torch.ones(act.numel()))  # unit losses: the returned values are the weights
+        weights.append(w.clone())
+        idx = tr.indices_to_probe()
+        if idx.numel():
+            tr.record_probe(idx, synthetic_loss(idx, e))
+        log.append(tr.step())
+    return tr, weights, log
+
+
+def test_keep_fraction_trains_a_share_of_the_chosen_at_weight_one_over_keep() -> None:
+    tr, weights, log = keep_run(0.5)
+    saved = N * E - tr.books.total["backprop"]
+    assert abs(saved - 0.4 * N * E) <= 0.02 * N * E  # the re-plan lands it (the kept share is drawn)
+    for s, w in zip(log[history_length(2, 3, 1) + 1:], weights[history_length(2, 3, 1) + 1:]):
+        n_heavy = int((w == 2.0).sum())
+        assert set(w.unique().tolist()) <= {1.0, 2.0}
+        # an exact half (rounded) of the chosen train at weight 2: the gradient's expectation is the full data's
+        assert n_heavy == round(0.5 * (n_heavy + s.excluded)) or abs(2 * n_heavy - (n_heavy + s.excluded)) <= 1
+    assert all(s.excluded <= 0.5 * N for s in log)  # with keep 0.5 at most half can sit out
+
+
+def test_keep_fraction_draws_are_seeded_and_resume_exactly() -> None:
+    a = keep_run(0.3, seed=1)
+    b = keep_run(0.3, seed=1)
+    c = keep_run(0.3, seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+    assert not all(torch.equal(x, y) for x, y in zip(a[1], c[1]))
+    first = IES(N, target_saving=0.4, total_epochs=E, keep_fraction=0.3, seed=1)
+    keep_run(0.3, epochs=range(12), tracker=first)
+    resumed = IES(N, target_saving=0.4, total_epochs=E, keep_fraction=0.3, seed=1)
+    resumed.load_state_dict(first.state_dict())
+    _, w_rest, _ = keep_run(0.3, epochs=range(12, E), tracker=resumed)
+    assert all(torch.equal(x, y) for x, y in zip(a[1][12:], w_rest))
+
+
+def test_keep_fraction_bad_values() -> None:
+    for bad in (1.0, -0.1, "0.5"):
+        with pytest.raises(ValueError, match="keep_fraction must be"):
+            IES(N, keep_fraction=bad)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="max_excluded_fraction must be in"):
+            IES(N, max_excluded_fraction=bad)
 
 
 def excluded_per_epoch(**config) -> tuple:
@@ -78,7 +163,7 @@ def test_compute_target_charges_the_probe_pass(probe) -> None:
 def test_never_excludes_a_sample_without_a_full_history() -> None:
     """Samples 0-49 are never trained (no loss): even a quota larger than the rest leaves them in."""
     n = 100
-    tr = IES(n, target_saving=0.6, total_epochs=20)
+    tr = IES(n, target_saving=0.6, total_epochs=20, max_excluded_fraction=1.0)
     for e in range(20):
         act = tr.active_indices()
         act = act[act >= 50]
@@ -107,7 +192,7 @@ def test_ties_go_to_the_lowest_index_and_reranking_each_epoch_is_deterministic()
 
 
 def test_cap_never_excludes_above_max_threshold() -> None:
-    tr = IES(N, target_saving=0.8, max_threshold=1e-3, total_epochs=E)
+    tr = IES(N, target_saving=0.8, max_threshold=1e-3, total_epochs=E, max_excluded_fraction=1.0)
     log: list = []
     run(tr, range(E), log)
     crit = tr.criterion()
@@ -196,7 +281,9 @@ def test_select_most_stable_table(values, k, cap, want) -> None:
         ({"target_saving": "0.4", "total_epochs": 5}, "target_saving must be a finite number"),
         ({"max_threshold": 1e-3}, "max_threshold caps target mode"),
         ({"target_saving": 0.4, "total_epochs": 20, "max_threshold": 0.0}, "max_threshold must be > 0"),
-        ({"target_saving": 0.5, "total_epochs": 10}, r"cannot be reached in 10 epochs.*at most 0\.400"),
+        ({"target_saving": 0.5, "total_epochs": 10}, r"cannot be reached in 10 epochs.*at most 0\.320"),
+        ({"target_saving": 0.5, "total_epochs": 10, "max_excluded_fraction": 1.0},
+         r"cannot be reached in 10 epochs.*at most 0\.400"),
         ({"target_saving": 0.7, "total_epochs": 20, "anneal_fraction": 0.2}, r"annealing trains all from epoch 16"),
     ],
 )

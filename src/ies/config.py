@@ -18,7 +18,9 @@ from typing import Any, Dict, Optional
 
 from .criterion import history_length
 
-__all__ = ["IESConfig"]
+__all__ = ["IESConfig", "DEFAULT_TARGET_CAP"]
+
+DEFAULT_TARGET_CAP = 0.8  # target mode's per-epoch cap on the excluded share (docs/benchmarks/target.md §6)
 
 
 def _number(name: str, value: Any, hint: str) -> float:
@@ -81,6 +83,15 @@ class IESConfig:
     max_threshold: Optional[float] = None  # target mode: never exclude a sample whose criterion is above
     target_schedule: str = "late"  # target mode: "late" (∝ epoch², measured best), "ramp" (∝ epoch), "even"
     target_measure: str = "backprop"  # target mode: "backprop" sample-epochs, or "compute" (probing charged)
+    # Per-epoch cap on the excluded share. None: 0.8 in target mode (every epoch trains >= 20%, so late
+    # epochs keep learning at their low learning rate and no framework sees an empty epoch), no cap in
+    # δ-mode (the paper's rule). Measured in docs/benchmarks/target.md §6.
+    max_excluded_fraction: Optional[float] = None
+    # Share of the samples chosen to sit out that train anyway each epoch (drawn from seed + epoch),
+    # their loss weighted 1/keep_fraction so the expected gradient is the full data's (InfoBatch's
+    # rescaling applied to IES's choice). 0: off.
+    keep_fraction: float = 0.0
+    seed: int = 0  # keep_fraction's draws (seed + epoch), equal on every rank
     probe_every: int = 1  # r: probe each excluded sample every r epochs, staggered (App. F uses 5)
     probe_backoff: bool = True  # double a still-excluded sample's probe interval up to the cap
     probe_max_interval: int = 8  # cap of the back-off interval, in epochs
@@ -116,6 +127,17 @@ class IESConfig:
             raise ValueError(f"forward_cost must be in (0, 1] (a forward is ~1/3 of forward+backward), got {self.forward_cost!r}")
         if a > 0 and self.total_epochs is None:
             raise ValueError("anneal_fraction > 0 needs total_epochs (the planned number of epochs)")
+        mx = self.max_excluded_fraction
+        if mx is not None:
+            v = _number("max_excluded_fraction", mx, " in (0, 1] or None")
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"max_excluded_fraction must be in (0, 1] (0.8: every epoch trains at least 20%), got {mx!r}")
+        k = _number("keep_fraction", self.keep_fraction, " in [0, 1)")
+        if not 0.0 <= k < 1.0:
+            raise ValueError(f"keep_fraction must be in [0, 1) (0.5 trains half of the chosen samples at weight 2), "
+                             f"got {self.keep_fraction!r}")
+        if not 0 <= _integer("seed", self.seed, 0, " (any int in [0, 2**63))") < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         self._validate_target()
 
     def _validate_target(self) -> None:
@@ -136,11 +158,14 @@ class IESConfig:
             raise ValueError(f"target_measure must be 'backprop' or 'compute', got {self.target_measure!r}")
         first = history_length(self.order, self.window, self.m)  # the first epoch a sample can be judged
         plan = self.anneal_start if self.anneal_start is not None else self.total_epochs
-        reachable = max(0, plan - first) / self.total_epochs
+        cap = min(self.exclusion_cap, 1.0 - self.keep_fraction)  # of the chosen, keep_fraction train
+        reachable = cap * max(0, plan - first) / self.total_epochs
         if s > reachable:
-            raise ValueError(f"target_saving={s} cannot be reached in {self.total_epochs} epochs: no sample is judged "
-                             f"before epoch {first}{' and annealing trains all from epoch ' + str(plan) if plan < self.total_epochs else ''}, "
-                             f"so at most {reachable:.3f} can be saved; lower the target or plan more epochs")
+            why = (f"no sample is judged before epoch {first}"
+                   f"{', annealing trains all from epoch ' + str(plan) if plan < self.total_epochs else ''}"
+                   f"{f' and at most {cap:.2f} of the samples sit out an epoch' if cap < 1 else ''}")
+            raise ValueError(f"target_saving={s} cannot be reached in {self.total_epochs} epochs: {why}, so at most "
+                             f"{reachable:.3f} can be saved; lower the target, plan more epochs or raise max_excluded_fraction")
         if self.max_threshold is not None and _number("max_threshold", self.max_threshold, " or None") <= 0:
             raise ValueError(f"max_threshold must be > 0 (or None for no cap), got {self.max_threshold!r}")
 
@@ -148,6 +173,13 @@ class IESConfig:
     def mode(self) -> str:
         """``"target"`` when ``target_saving`` is set, else ``"delta"``."""
         return "delta" if self.target_saving is None else "target"
+
+    @property
+    def exclusion_cap(self) -> float:
+        """The largest share of samples that may sit out one epoch (``max_excluded_fraction`` resolved)."""
+        if self.max_excluded_fraction is not None:
+            return float(self.max_excluded_fraction)
+        return DEFAULT_TARGET_CAP if self.target_saving is not None else 1.0
 
     @property
     def removes(self) -> bool:

@@ -141,7 +141,7 @@ def select_most_stable(values: Tensor, k: int, cap: Optional[float] = None) -> T
 
 def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_done: int, saved: float,
                     plan_epochs: Optional[int] = None, *, schedule: str = "late", first: int = 0,
-                    gain: float = 1.0) -> int:
+                    gain: float = 1.0, cap: Optional[int] = None) -> int:
     """How many samples to exclude next epoch to land the run's saving on ``target``.
 
     The run must save ``target * N * total_epochs`` backprop sample-epochs; ``saved`` is what
@@ -158,11 +158,15 @@ def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_d
     - ``"late"``: in proportion to its square, later still.
 
     ``gain`` is what one excluded sample-epoch saves (1 for backprop; ``1 - forward_cost`` when
-    the saving counts compute and the sample is probed).
+    the saving counts compute and the sample is probed). ``cap`` is the most samples one epoch may
+    exclude (default ``N``): the plan never puts more than ``cap`` in an epoch, so every epoch
+    trains at least ``N - cap`` samples and the saving is spread over more epochs instead.
 
     Example:
-        >>> exclusion_quota(0.4, 100, 10, 5, 0.0)   # 400 to save in 5 epochs
+        >>> exclusion_quota(0.4, 100, 10, 5, 0.0, schedule="even")   # 400 to save in 5 epochs
         80
+        >>> exclusion_quota(0.4, 100, 10, 5, 0.0, schedule="even", cap=60)   # cannot: 60 is the most
+        60
     """
     plan = total_epochs if plan_epochs is None else plan_epochs
     left = plan - epochs_done
@@ -171,13 +175,14 @@ def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_d
     remaining = (target * num_samples * total_epochs - saved) / gain
     if remaining <= 0:
         return 0
+    most = num_samples if cap is None else max(0, min(int(cap), num_samples))
     if schedule == "even" or left == 1:
         share = remaining / left
     else:
         power = {"ramp": 1, "late": 2}[schedule]
         weights = [max(j - first + 1, 0) ** power for j in range(epochs_done, plan)]
-        share = _water_fill(weights, remaining, num_samples)
-    return max(0, min(num_samples, math.ceil(share - 1e-9)))
+        share = _water_fill(weights, remaining, most)
+    return max(0, min(most, math.ceil(share - 1e-9)))
 
 
 def _water_fill(weights: Sequence[float], total: float, cap: float) -> float:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -99,6 +100,8 @@ class IES:
         self.first_mastered = torch.full((n,), -1, dtype=torch.int32, device=dev)
         self.probe_interval = torch.full((n,), config.probe_every, dtype=torch.int32, device=dev)
         self.probe_due = torch.zeros(n, dtype=torch.int32, device=dev)  # back-off: epoch of the next probe
+        # keep_fraction: chosen samples that train this epoch at weight 1/keep (None when the option is off)
+        self.kept: Optional[Tensor] = torch.zeros(n, dtype=torch.bool, device=dev) if config.keep_fraction > 0 else None
         self.epoch = 0
         self.num_active = n
         self.books = Accounting(n, config.forward_cost)
@@ -127,14 +130,19 @@ class IES:
     probe_records = _EpochRecord("probe", "How many probe losses each sample got this epoch ``(N,)`` int16.")
 
     def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None) -> Tensor:
-        """Record the per-sample training losses of a batch; returns ``losses`` unchanged.
+        """Record the per-sample training losses of a batch; returns ``losses`` (weighted with ``keep_fraction``).
 
         ``indices`` LongTensor[B] are dataset indices, ``losses`` Tensor[B] the unreduced
         losses of the training forward pass. Reduce after recording, e.g.
         ``loss = tracker.record(idx, F.cross_entropy(out, y, reduction="none")).mean()``.
         ``backpropagated``: how many of them are backpropagated (default: all).
+        With ``keep_fraction`` the returned losses of the kept chosen samples are multiplied by
+        ``1/keep_fraction`` (the history records them unweighted); otherwise they are returned unchanged.
         """
         self._write(indices, losses, "train")
+        if self.kept is not None:  # keep_fraction: kept chosen samples weigh 1/keep (unbiased gradient)
+            extra = 1.0 / self.config.keep_fraction - 1.0
+            losses = losses * (1.0 + extra * self.kept[indices.to(self.device)].to(losses.device, losses.dtype))
         b = losses.shape[0]
         counts = self.books.epoch
         counts["trained"] += b
@@ -242,11 +250,16 @@ class IES:
         """Hook for distributed training: make the epoch's records equal on all ranks."""
 
     def _decide(self, values: Tensor) -> Tensor:
-        """Bool ``(N,)``: who the rule would exclude next epoch, before annealing."""
+        """Bool ``(N,)``: who the rule would exclude next epoch, before annealing and keep_fraction."""
         c = self.config
-        if c.target_saving is None:
-            return values < c.threshold
         n, done, b = self.num_samples, self.epoch + 1, self.books
+        # max_excluded_fraction (and keep_fraction, which trains that share of the chosen): the most one epoch excludes
+        most = int(min(c.exclusion_cap, 1.0 - c.keep_fraction) * n + 1e-9)
+        if c.target_saving is None:
+            mastered = values < c.threshold
+            if most < n:  # the most stable of the mastered, no more than the cap
+                mastered = select_most_stable(values.masked_fill(~mastered, float("inf")), most)
+            return mastered
         spent = {k: b.total[k] + b.epoch[k] for k in b.epoch}
         gain = 1.0  # what excluding one sample for an epoch saves
         cost = spent["backprop"]
@@ -256,8 +269,24 @@ class IES:
             rate = min(1.0, b.epoch["probed"] / excluded) if excluded else 1.0  # this epoch's probes per excluded
             gain = 1.0 - c.forward_cost * rate
         k = exclusion_quota(c.target_saving, n, c.total_epochs, done, n * done - cost, plan_epochs=c.anneal_start,
-                            schedule=c.target_schedule, first=history_length(c.order, c.window, c.m), gain=gain)
+                            schedule=c.target_schedule, first=history_length(c.order, c.window, c.m), gain=gain,
+                            cap=most)
+        if c.keep_fraction > 0:  # choose more, since keep_fraction of the chosen train anyway
+            k = min(n, math.ceil(k / (1.0 - c.keep_fraction) - 1e-9))
         return select_most_stable(values, k, c.max_threshold)
+
+    def _keep_some(self, chosen: Tensor) -> Tensor:
+        """``keep_fraction``: a random share of the chosen samples trains next epoch at loss weight 1/keep.
+
+        Exactly ``round(keep * chosen)`` are kept, drawn from ``seed + epoch`` on the CPU so every
+        rank and every resume draws the same; the rest sit out. Returns who sits out.
+        """
+        c = self.config
+        n_keep = int(round(c.keep_fraction * int(chosen.sum())))  # the one extra host sync of this option
+        g = torch.Generator().manual_seed(c.seed + self.epoch + 1)  # + 1: the epoch they would sit out
+        draw = torch.rand(self.num_samples, generator=g).to(self.device)
+        self.kept = select_most_stable(draw.masked_fill(~chosen, float("inf")), n_keep)
+        return chosen & ~self.kept
 
     def step(self) -> EpochStats:
         """Commit this epoch's losses, decide next epoch's excluded set, return the statistics."""
@@ -277,6 +306,8 @@ class IES:
         if c.removes:  # with no removal the criterion is not needed now (criterion() computes it on demand)
             mastered = self._decide(self.criterion())
             nxt = mastered if not annealing else torch.zeros_like(mastered)
+            if c.keep_fraction > 0:
+                nxt = self._keep_some(nxt)
         else:  # (a state saved with removal and loaded with threshold 0 brings everyone back)
             mastered = nxt = torch.zeros_like(was)
         self._update_counters(was, nxt, probed)
@@ -357,6 +388,8 @@ class IES:
         sd.update(version=STATE_VERSION, num_samples=self.num_samples, epoch=self.epoch,
                   config=self.config.to_dict(), accounting=self.books.state_dict(),
                   history_log=[s.as_dict() for s in self.history_log])
+        if self.kept is not None:
+            sd["kept"] = self.kept.detach().cpu().clone()
         return sd
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -373,10 +406,21 @@ class IES:
         self.books.load_state_dict(state["accounting"])
         self.history_log = [EpochStats.from_dict(d) for d in state["history_log"]]
         self.num_active = int((~self.excluded).sum())
+        if self.kept is not None:
+            self.kept = self._loaded_kept(state.get("kept")).to(self.device)
         self._epoch_start = None
         if checked["differs"]:
             warnings.warn(f"IES state was saved with other rule settings {checked['differs']} (saved, current); "
                           "the current settings are used from now on", IESWarning, stacklevel=2)
+
+    def _loaded_kept(self, kept: Any) -> Tensor:
+        n = self.num_samples
+        if kept is None:  # saved without keep_fraction: nobody is kept this epoch
+            return torch.zeros(n, dtype=torch.bool)
+        if not isinstance(kept, Tensor) or tuple(kept.shape) != (n,) or kept.dtype != torch.bool:
+            raise ValueError(f"IES state entry 'kept' must be a torch.bool tensor of shape ({n},); "
+                             "was it saved by IES.state_dict()?")
+        return kept.clone()
 
     def __repr__(self) -> str:
         c = self.config

@@ -12,7 +12,7 @@ from .base import SelectionPolicy, register_policy
 
 __all__ = ["IESPolicy", "NoRemoval"]
 
-_RUN_LEVEL = ("total_epochs", "forward_cost")  # given to every policy by the engine, not per method
+_RUN_LEVEL = ("total_epochs", "forward_cost", "seed")  # given to every policy by the engine, not per method
 
 
 @register_policy("ies")
@@ -29,7 +29,7 @@ class IESPolicy(SelectionPolicy):
     def __init__(self, num_samples: int, *, total_epochs: int, seed: int = 0, forward_cost: float = 1.0 / 3.0,
                  **params: Any) -> None:
         super().__init__(num_samples, total_epochs=total_epochs, seed=seed, forward_cost=forward_cost)
-        config = IESConfig.from_dict({**params, "total_epochs": total_epochs, "forward_cost": forward_cost})
+        config = IESConfig.from_dict({**params, "total_epochs": total_epochs, "forward_cost": forward_cost, "seed": seed})
         self.tracker = IES(num_samples, config)
         self.books = self.tracker.books
 
