@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import Dict, Optional, Sequence
 
-from . import analyze, budget, compare, listing, report, tradeoff, train
+from . import analyze, budget, compare, frontier, listing, report, tradeoff, train
 from .common import CLIError, make_progress, parse_method_spec, positive_int, resolve_config
 from .common import add_run_args as _add_run_args  # the analyses module's import, until it moves to cli/analyze.py
 
@@ -23,7 +23,7 @@ _positive_int = positive_int  # as above
 
 COMMANDS: Dict[str, object] = {  # name -> module with add_parser(subparsers) and run(args)
     "train": train, "compare": compare, "report": report, "list": listing,
-    "tradeoff": tradeoff, "budget": budget, "analyze": analyze,
+    "tradeoff": tradeoff, "budget": budget, "analyze": analyze, "frontier": frontier,
 }
 
 
