@@ -62,7 +62,13 @@ class IESConfig:
       the epoch (``"late"``, the default: little early, most as training matures, like the
       δ-rule), to the epoch (``"ramp"``) or evenly (``"even"``);
       ``target_measure="compute"`` makes the target the compute saving instead, with the
-      probe pass charged at ``forward_cost`` (for a compute budget: 2x is 0.5).
+      probe pass charged at ``forward_cost`` (for a compute budget: 2x is 0.5). No epoch
+      excludes more than ``max_excluded_fraction`` of the samples (0.8 by default in target
+      mode), so the plan never empties the last epochs and a framework never sees an empty one.
+
+    ``keep_fraction=p`` (either mode) trains a random share ``p`` of the samples the rule
+    chose to sit out, drawn from ``seed + epoch``, and ``record()`` weighs their loss ``1/p``,
+    so the expected gradient equals the full data's (InfoBatch's rescaling on IES's choice).
 
     Probing (the forward-only pass that measures excluded samples): back-off by default (below;
     measured in docs/benchmarks/probing.md: same accuracy, fastest); ``probe_backoff=False``

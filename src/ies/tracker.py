@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -28,8 +27,9 @@ from torch import Tensor
 
 from .accounting import MEASURED, Accounting, EpochStats
 from .config import IESConfig
-from .criterion import column_criterion, exclusion_quota, history_length, select_most_stable
+from .criterion import column_criterion, history_length
 from .history import RingHistory
+from .planning import choose_excluded, keep_at_random, loaded_kept
 from .probing import backoff_next, probe_losses, staggered_due
 from .records import EpochRecords
 from .state import STATE_VERSION, check_record, check_state, memory_check, misuse_messages
@@ -251,41 +251,11 @@ class IES:
 
     def _decide(self, values: Tensor) -> Tensor:
         """Bool ``(N,)``: who the rule would exclude next epoch, before annealing and keep_fraction."""
-        c = self.config
-        n, done, b = self.num_samples, self.epoch + 1, self.books
-        # max_excluded_fraction (and keep_fraction, which trains that share of the chosen): the most one epoch excludes
-        most = int(min(c.exclusion_cap, 1.0 - c.keep_fraction) * n + 1e-9)
-        if c.target_saving is None:
-            mastered = values < c.threshold
-            if most < n:  # the most stable of the mastered, no more than the cap
-                mastered = select_most_stable(values.masked_fill(~mastered, float("inf")), most)
-            return mastered
-        spent = {k: b.total[k] + b.epoch[k] for k in b.epoch}
-        gain = 1.0  # what excluding one sample for an epoch saves
-        cost = spent["backprop"]
-        if c.target_measure == "compute":  # probing is charged: a probed excluded sample saves 1 - forward_cost
-            cost += c.forward_cost * (spent["forward_only"] + spent["probed"])
-            excluded = n - self.num_active
-            rate = min(1.0, b.epoch["probed"] / excluded) if excluded else 1.0  # this epoch's probes per excluded
-            gain = 1.0 - c.forward_cost * rate
-        k = exclusion_quota(c.target_saving, n, c.total_epochs, done, n * done - cost, plan_epochs=c.anneal_start,
-                            schedule=c.target_schedule, first=history_length(c.order, c.window, c.m), gain=gain,
-                            cap=most)
-        if c.keep_fraction > 0:  # choose more, since keep_fraction of the chosen train anyway
-            k = min(n, math.ceil(k / (1.0 - c.keep_fraction) - 1e-9))
-        return select_most_stable(values, k, c.max_threshold)
+        return choose_excluded(self.config, values, self.books, self.num_active, self.epoch)
 
     def _keep_some(self, chosen: Tensor) -> Tensor:
-        """``keep_fraction``: a random share of the chosen samples trains next epoch at loss weight 1/keep.
-
-        Exactly ``round(keep * chosen)`` are kept, drawn from ``seed + epoch`` on the CPU so every
-        rank and every resume draws the same; the rest sit out. Returns who sits out.
-        """
-        c = self.config
-        n_keep = int(round(c.keep_fraction * int(chosen.sum())))  # the one extra host sync of this option
-        g = torch.Generator().manual_seed(c.seed + self.epoch + 1)  # + 1: the epoch they would sit out
-        draw = torch.rand(self.num_samples, generator=g).to(self.device)
-        self.kept = select_most_stable(draw.masked_fill(~chosen, float("inf")), n_keep)
+        """``keep_fraction``: who of the chosen sits out; the rest train at loss weight 1/keep (:attr:`kept`)."""
+        self.kept = keep_at_random(chosen, self.config.keep_fraction, self.config.seed + self.epoch + 1)
         return chosen & ~self.kept
 
     def step(self) -> EpochStats:
@@ -407,20 +377,11 @@ class IES:
         self.history_log = [EpochStats.from_dict(d) for d in state["history_log"]]
         self.num_active = int((~self.excluded).sum())
         if self.kept is not None:
-            self.kept = self._loaded_kept(state.get("kept")).to(self.device)
+            self.kept = loaded_kept(state.get("kept"), self.num_samples).to(self.device)
         self._epoch_start = None
         if checked["differs"]:
             warnings.warn(f"IES state was saved with other rule settings {checked['differs']} (saved, current); "
                           "the current settings are used from now on", IESWarning, stacklevel=2)
-
-    def _loaded_kept(self, kept: Any) -> Tensor:
-        n = self.num_samples
-        if kept is None:  # saved without keep_fraction: nobody is kept this epoch
-            return torch.zeros(n, dtype=torch.bool)
-        if not isinstance(kept, Tensor) or tuple(kept.shape) != (n,) or kept.dtype != torch.bool:
-            raise ValueError(f"IES state entry 'kept' must be a torch.bool tensor of shape ({n},); "
-                             "was it saved by IES.state_dict()?")
-        return kept.clone()
 
     def __repr__(self) -> str:
         c = self.config
