@@ -49,14 +49,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         torch.set_num_threads(int(args.threads))
     from ..experiments.engine import TrainingDiverged
+    from ..experiments.runlock import RunFolderError, release_all
 
     try:
         return COMMANDS[args.command].run(args)  # type: ignore[attr-defined]
-    except CLIError as e:
+    except (CLIError, RunFolderError) as e:  # RunFolderError: a locked, damaged or edited run folder
         print(f"ies {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"ies {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the disk or the file system (full disk, read-only folder): say which file
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f) or "a file"
+        print(f"ies {args.command}: error: cannot write or read {where}: {e.strerror or e}; the run is marked "
+              "failed where its folder could be written (free space or fix permissions, then --resume)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         out = getattr(args, "out_dir", None)
@@ -64,6 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hint = f"; continue with: {again} --resume {shlex.quote(str(out))}" if out else ""
         print(f"\nies {args.command}: interrupted, the last finished epoch is saved{hint}", file=sys.stderr)
         return 130
+    finally:
+        release_all()  # the run folders this command locked
 
 
 if __name__ == "__main__":  # pragma: no cover

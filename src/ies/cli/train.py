@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
 def _config(args: argparse.Namespace):
     """The run's config: from the flags, or (``--resume``) from the run folder alone."""
     from ..experiments.config import RunConfig
-    from ..experiments.runs import load_run_config
+    from ..experiments.runs import load_run_config, stillborn
 
     if args.resume is None:
         method, params = parse_method_spec(args.method) if args.method else (None, {})
@@ -42,7 +42,15 @@ def _config(args: argparse.Namespace):
     with user_errors():
         if not (folder / "config.json").exists():
             raise ValueError(f"--resume {folder}: no config.json there, so it is not a run folder from `ies train`")
-        return RunConfig.from_dict(load_run_config(folder / "config.json")).resolved()
+        if stillborn(folder):
+            raise ValueError(f"--resume {folder}: the run was stopped as it started (config.json is empty or "
+                             "unreadable, no epoch finished), so there is nothing to continue; run the original "
+                             f"command again with --out {folder} (the folder counts as empty)")
+        try:
+            return RunConfig.from_dict(load_run_config(folder / "config.json")).resolved()
+        except ValueError as e:
+            raise ValueError(f"--resume {folder}: {folder / 'config.json'} was edited into a config that is not "
+                             f"valid ({e}); restore it, or start again with --overwrite") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .config import RunConfig
 from .data import TensorData
 from .engine import EngineCallback, RunResult, load_run_data, run_training
-from .runs import RunFolder, load_run_config, run_dir_name
+from .runlock import locked, remove_orphan_tmp
+from .runs import RunFolder, RunFolderError, load_run_config, make_dir, run_dir_name, stillborn
 
 __all__ = ["GridRun", "Progress", "train_run", "run_grid", "check_grid", "warm_up", "no_progress"]
 
@@ -51,26 +52,44 @@ def train_run(cfg: RunConfig, run_dir: Path, *, data: Optional[TensorData] = Non
     """
     cfg = cfg.resolved()
     folder = RunFolder(run_dir)
-    state = None
-    if resume and folder.path.exists():
-        if folder.status()["status"] == "complete":
+    if not folder.path.exists():
+        make_dir(folder.path)
+    with locked(folder.path):  # FolderLocked if another process runs it
+        remove_orphan_tmp(folder.path)
+        state = _open(folder, cfg, extra, resume)
+        if state == "complete":
             return None
-        state = folder.checkpoint()
-        if state is None:
-            folder.start(cfg.to_dict(), extra, claim=False)
-    else:
-        folder.start(cfg.to_dict(), extra)
+        try:
+            res = run_training(cfg, data, on_epoch=on_epoch, keep_model=keep_model, callbacks=callbacks,
+                               on_checkpoint=folder.save_epoch, resume=state, allow_nonfinite=allow_nonfinite)
+        except KeyboardInterrupt as e:
+            folder.fail(e, interrupted=True)
+            raise
+        except BaseException as e:
+            folder.fail(e)
+            raise
+        folder.complete(res)
+    return res
+
+
+def _open(folder: RunFolder, cfg: RunConfig, extra: Optional[Dict[str, Any]], resume: bool) -> Any:
+    """Start the run in its locked folder, or (``resume``) its checked checkpoint, None, or ``"complete"``.
+
+    A checkpoint that fails its checksum or value checks marks the run ``failed`` with the reason.
+    """
+    if not resume or not (folder.path / "config.json").exists() or stillborn(folder.path):
+        folder.start(cfg.to_dict(), extra, claim=not resume)
+        return None
+    if folder.status()["status"] == "complete":
+        return "complete"
     try:
-        res = run_training(cfg, data, on_epoch=on_epoch, keep_model=keep_model, callbacks=callbacks,
-                           on_checkpoint=folder.save_epoch, resume=state, allow_nonfinite=allow_nonfinite)
-    except KeyboardInterrupt as e:
-        folder.fail(e, interrupted=True)
-        raise
-    except BaseException as e:
+        state = folder.checkpoint(cfg.to_dict())
+    except RunFolderError as e:
         folder.fail(e)
         raise
-    folder.complete(res)
-    return res
+    if state is None:
+        folder.start(cfg.to_dict(), extra, claim=False)
+    return state
 
 
 def warm_up(cfg: RunConfig, data: TensorData) -> None:
@@ -87,7 +106,7 @@ def check_grid(runs: Sequence[GridRun], out: Path, *, resume: bool = False) -> N
         raise ValueError(f"the grid has duplicate runs ({', '.join(dup)}); list each method spec once")
     for r in runs if resume else ():
         saved = out / "runs" / r.folder / "config.json"
-        if not saved.exists():
+        if not saved.exists() or stillborn(saved.parent):
             continue
         old, new = load_run_config(saved), r.config.resolved().to_dict()
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

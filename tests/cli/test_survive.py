@@ -1,0 +1,262 @@
+"""Issue 21: run folders that survive misuse: locks, atomic starts, checksums, value checks, bounded inputs.
+
+Each test is one probe of the issue (docs/reliability.md's "Runs that survive" table names it).
+"""
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ies.cli import main
+from ies.experiments import engine
+from ies.experiments.runlock import LOCK_NAME, FolderLocked, acquire, release
+
+TINY = ["--epochs", "2", "--train-size", "120", "--quiet"]
+
+
+def _status(d: Path) -> dict:
+    return json.loads((d / "status.json").read_text())
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _hold(folder: Path, pid: int = 4242):
+    """Lock ``folder`` through a second open file description, as another process would, recording ``pid``."""
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": pid, "host": socket.gethostname(), "since": "now"}).encode())
+    return fd
+
+
+@pytest.fixture
+def done_run(tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def killed_run(tmp_path, monkeypatch):
+    """A run folder as SIGKILL after epoch 1 of 3 leaves it (status running, a checkpoint)."""
+    out = tmp_path / "k"
+    calls = []
+    real = engine._epoch
+
+    def epoch(*a, **k):
+        if calls:
+            raise KeyboardInterrupt  # stands in for the kill; status is then rewritten to running below
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "_epoch", epoch)
+    assert main(["train", "--epochs", "3", "--train-size", "120", "--quiet", "--out", str(out)]) == 130
+    monkeypatch.setattr(engine, "_epoch", real)
+    st = _status(out)
+    st["status"] = "running"
+    (out / "status.json").write_text(json.dumps(st))
+    return out
+
+
+# -- 1. one process per folder ------------------------------------------------------------------------------
+
+def test_resume_and_overwrite_of_a_locked_folder_are_refused_naming_the_pid(killed_run, capsys):
+    fd = _hold(killed_run, pid=4242)
+    try:
+        before = sorted(p.name for p in killed_run.iterdir())
+        assert main(["train", "--resume", str(killed_run), "--quiet"]) == 2
+        err = _one_line(capsys)
+        assert str(killed_run) in err and "process 4242" in err
+        assert main(["train", *TINY, "--out", str(killed_run), "--overwrite"]) == 2
+        assert "process 4242" in _one_line(capsys)
+        assert sorted(p.name for p in killed_run.iterdir()) == before  # nothing deleted
+    finally:
+        os.close(fd)
+    assert main(["train", "--resume", str(killed_run), "--quiet"]) == 0  # the holder is gone: free again
+    assert _status(killed_run)["status"] == "complete"
+
+
+def test_a_stale_lock_file_of_a_dead_process_is_taken_over(killed_run):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (killed_run / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert main(["train", "--resume", str(killed_run), "--quiet"]) == 0
+    assert json.loads((killed_run / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_locks_are_counted_per_process_and_refused_to_others(tmp_path):
+    acquire(tmp_path)
+    acquire(tmp_path)  # the CLI locks --out, then the run inside it (the same folder for ies train)
+    release(tmp_path)
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR)
+    with pytest.raises(OSError):  # still held after one of two releases
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    release(tmp_path)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free now
+    with pytest.raises(FolderLocked, match=str(os.getpid())):
+        acquire(tmp_path)  # held by "another process" (our other descriptor)
+    os.close(fd)
+
+
+@pytest.mark.slow
+def test_a_second_live_ies_train_on_the_folder_is_refused(tmp_path):
+    out = tmp_path / "r"
+    child = subprocess.Popen([sys.executable, "-m", "ies", "train", "--epochs", "400", "--train-size", "400", "-q",
+                              "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        while not (out / "metrics.csv").exists():
+            assert child.poll() is None, child.communicate()
+        for extra in (["--resume", str(out)], ["--out", str(out), "--overwrite", *TINY]):
+            r = subprocess.run([sys.executable, "-m", "ies", "train", *extra, "-q"], capture_output=True, text=True)
+            assert r.returncode == 2 and f"process {child.pid}" in r.stderr, r.stderr
+        assert child.poll() is None and (out / "config.json").exists()  # the live run was left alone
+    finally:
+        child.kill()
+        child.wait()
+
+
+# -- 2. starts that cannot leave a half-written folder -------------------------------------------------------
+
+@pytest.mark.parametrize("content", ["", "{\"conf"])
+def test_a_folder_killed_as_it_started_counts_as_empty(content, tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text(content)  # what a kill in the first milliseconds left before issue 21
+    assert main(["train", "--resume", str(out), "--quiet"]) == 2
+    assert "stopped as it started" in _one_line(capsys)
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert _status(out)["status"] == "complete"
+
+
+def test_orphan_tmp_files_are_removed_at_start_and_on_resume(killed_run, tmp_path):
+    orphans = [killed_run / ".checkpoint.pt.999.tmp", killed_run / ".metrics.csv.999.tmp"]
+    for f in orphans:
+        f.write_bytes(b"x" * 100)
+    assert main(["train", "--resume", str(killed_run), "--quiet"]) == 0
+    assert not any(f.exists() for f in orphans)
+    assert not list(killed_run.glob(".*.tmp"))
+    fresh = tmp_path / "f"
+    fresh.mkdir()
+    (fresh / ".config.json.7.tmp").write_text("{")
+    assert main(["train", *TINY, "--out", str(fresh)]) == 0  # an orphan alone does not make a folder "not empty"
+    assert not list(fresh.glob(".*.tmp"))
+
+
+def test_status_and_config_are_whole_json_with_the_checkpoint_digest(killed_run):
+    st = _status(killed_run)
+    assert len(st["checkpoint_sha256"]) == 64
+    assert (killed_run / "checkpoint.pt.sha256").read_text().strip() == st["checkpoint_sha256"]
+    assert json.loads((killed_run / "config.json").read_text())["config"]["epochs"] == 3
+
+
+# -- 3. checksums and values checked on resume ----------------------------------------------------------------
+
+def _rewrite(folder: Path, change) -> None:
+    """Change the checkpoint and re-record its digest (so only the value checks can catch it)."""
+    from ies.experiments.checkpoints import write_checkpoint
+
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    change(state)
+    digest = write_checkpoint(state, folder / "checkpoint.pt")
+    st = _status(folder)
+    st["checkpoint_sha256"] = digest
+    (folder / "status.json").write_text(json.dumps(st))
+
+
+def test_a_flipped_bit_in_the_checkpoint_is_refused_and_marks_the_run_failed(killed_run, capsys):
+    f = killed_run / "checkpoint.pt"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    f.write_bytes(bytes(data))
+    assert main(["train", "--resume", str(killed_run), "--quiet"]) == 2
+    err = _one_line(capsys)
+    assert "checkpoint.pt does not match its SHA-256" in err
+    st = _status(killed_run)
+    assert st["status"] == "failed" and "SHA-256" in st["error"]
+
+
+def _big_weight(s):
+    next(iter(s["model"].values())).view(-1)[0] = float("inf")
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda s: s.update(rows=[]), "field rows has 0 rows but epochs_done is 1"),
+    (lambda s: s.update(base_lrs=[1e6 for _ in s["base_lrs"]]), "field base_lrs"),
+    (_big_weight, "holds NaN or infinite values"),
+    (lambda s: s["policy"].update(epoch=5), "field policy.epoch"),
+    (lambda s: s["policy"]["books"]["total"].update(backprop=float("nan")), "field policy.books.total"),
+    (lambda s: s["policy"]["books"]["total"].update(epochs=4), "field policy.books.total.epochs"),
+    (lambda s: s.update(epochs_done=9), "field epochs_done"),
+    (lambda s: s["config"].update(lr=0.5), "field config differs"),
+])
+def test_checkpoint_values_are_checked_on_resume(change, field, killed_run, capsys):
+    _rewrite(killed_run, change)
+    assert main(["train", "--resume", str(killed_run), "--quiet"]) == 2
+    err = _one_line(capsys)
+    assert field in err and "checkpoint.pt" in err, err
+    assert _status(killed_run)["status"] == "failed"
+
+
+def test_an_edited_config_json_on_resume_is_one_line(killed_run, capsys):
+    meta = json.loads((killed_run / "config.json").read_text())
+    meta["config"]["lr"] = "fast"
+    (killed_run / "config.json").write_text(json.dumps(meta))
+    assert main(["train", "--resume", str(killed_run), "--quiet"]) == 2
+    assert "config.json was edited" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("status", ["garbage{", "[1, 2]", '{"status": "done"}'])
+def test_a_damaged_status_json_is_one_line(status, killed_run, capsys):
+    (killed_run / "status.json").write_text(status)
+    assert main(["train", "--resume", str(killed_run), "--quiet"]) == 2
+    assert "status.json" in _one_line(capsys)
+
+
+def test_complete_without_a_summary_is_refused_by_train_and_compare(done_run, capsys):
+    (done_run / "summary.json").unlink()
+    assert main(["train", "--resume", str(done_run), "--quiet"]) == 2
+    assert "summary.json is missing" in _one_line(capsys)
+
+
+def test_compare_resume_on_a_train_folder_is_refused(done_run, capsys):
+    before = sorted(p.name for p in done_run.iterdir())
+    assert main(["compare", *TINY, "--seeds", "1", "--resume", str(done_run)]) == 2
+    assert "ies train --resume" in _one_line(capsys)
+    assert sorted(p.name for p in done_run.iterdir()) == before
+
+
+def test_a_write_error_names_the_file_and_marks_the_run_failed(tmp_path, monkeypatch, capsys):
+    from ies.experiments import checkpoints
+
+    def full(state, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr("ies.experiments.runs.write_checkpoint", full)
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 1
+    err = _one_line(capsys)
+    assert "checkpoint.pt" in err and "No space left" in err
+    st = _status(out)
+    assert st["status"] == "failed" and "No space left" in st["error"]
+    assert checkpoints.SIDECAR and not list(out.glob(".*.tmp"))
+
+
+def test_a_read_only_out_is_one_line(tmp_path, monkeypatch, capsys):
+    def denied(path, *a, **k):  # what a read-only file system says (we run as root here, so chmod would not)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "mkdir", denied)
+    assert main(["train", *TINY, "--out", str(tmp_path / "ro" / "r")]) == 2
+    err = _one_line(capsys)
+    assert "Permission denied" in err and "ro/r" in err
