@@ -24,6 +24,8 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--savings", default="0.333,0.5,0.667",
                    help="compute savings for IES target mode and Random Remove ('' for none; default "
                         "0.333,0.5,0.667: 1.5x, 2x, 3x)")
+    f.add_argument("--random", action=argparse.BooleanOptionalAction, default=True,
+                   help="Random Remove at each of --savings (default: on)")
     f.add_argument("--methods", default="ies,infobatch",
                    help="further method specs at full length ('' for none; default ies,infobatch: δ-mode and "
                         "InfoBatch at their defaults)")
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     base = resolve_config(args, method="none")
     seeds = list(range(args.seeds))
     with user_errors():
-        specs = method_specs(savings, extra)
+        specs = method_specs(savings, extra, random=args.random)
         grid = plan_frontier(base, fractions=fractions, schedules=schedules, specs=specs, seeds=seeds)
         data = check_run(grid[0].config)
         for r in grid[1:len(grid) // len(seeds)]:

@@ -58,15 +58,15 @@ def plain_epochs(epochs: int, fractions: Sequence[float]) -> List[int]:
     return sorted({max(1, int(round(epochs * f))) for f in fractions}, reverse=True)
 
 
-def method_specs(savings: Sequence[float], extra: Sequence[Tuple[str, Dict[str, Any]]] = ()
+def method_specs(savings: Sequence[float], extra: Sequence[Tuple[str, Dict[str, Any]]] = (), *, random: bool = True
                  ) -> List[Tuple[str, Dict[str, Any]]]:
-    """IES target mode (compute target) and Random Remove at each saving, then ``extra`` specs."""
+    """IES target mode (compute target) and (``random``) Random Remove at each saving, then ``extra`` specs."""
     if any(not 0 < s < 1 for s in savings):
         raise ValueError(f"savings must be in (0, 1), got {list(savings)}; e.g. 0.333,0.5,0.667")
     specs: List[Tuple[str, Dict[str, Any]]] = []
     for s in savings:
         specs.append(("ies", {"target_saving": s, "target_measure": "compute"}))
-    specs += [("random", {"fraction": s}) for s in savings]
+    specs += [("random", {"fraction": s}) for s in savings] if random else []
     return specs + [s for s in extra if s not in specs]
 
 
