@@ -40,6 +40,15 @@ DEFAULTS_BY_DATASET: Dict[str, Dict[str, Any]] = {
                 "score_batch_size": 128, "eval_batch_size": 256},
     "cifar100": {"model": "resnet18", "batch_size": 64, "epochs": 200, "optimizer": "sgd", "lr": 0.1, "augment": True,
                  "score_batch_size": 128, "eval_batch_size": 256},
+    # Dense tasks (docs/dense.md): synthetic shapes sized so a 3-seed comparison fits in minutes on one core.
+    "seg-shapes": {"model": "deeplab-mini", "train_size": 1000, "batch_size": 32, "epochs": 20, "optimizer": "adam-cos",
+                   "lr": 3e-3, "score_batch_size": 128, "eval_batch_size": 128},
+    "det-shapes": {"model": "centernet-mini", "train_size": 1000, "batch_size": 32, "epochs": 20,
+                   "optimizer": "adam-cos", "lr": 3e-3, "score_batch_size": 128, "eval_batch_size": 128},
+    "voc-seg": {"model": "deeplab-mini", "batch_size": 16, "epochs": 50, "optimizer": "adam-cos", "lr": 1e-3,
+                "score_batch_size": 32, "eval_batch_size": 32},
+    "voc-det": {"model": "centernet-mini", "batch_size": 16, "epochs": 30, "optimizer": "adam-cos", "lr": 1e-3,
+                "score_batch_size": 32, "eval_batch_size": 32},
 }
 
 
@@ -220,7 +229,8 @@ _FIX = {
     "bool": "write true or false without quotes (a string such as \"no\" is not false)",
     "dict": 'write an object of parameters, e.g. {"threshold": 0.01}',
 }
-_INPUT_WORDS = {"1d": "(N, L) 1-D signals", "image": "(N, C, H, W) images"}
+_INPUT_WORDS = {"1d": "(N, L) 1-D signals", "image": "(N, C, H, W) images",
+                "segmentation": "images with per-pixel masks", "detection": "images with boxes"}
 
 
 def _is_kind(v: Any, kind: str) -> bool:

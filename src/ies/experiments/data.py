@@ -41,10 +41,13 @@ __all__ = [
     "default_cache_dir",
 ]
 
-DATASETS: Tuple[str, ...] = ("mnist1d", "fashion-mnist", "cifar10", "cifar100")
+DATASETS: Tuple[str, ...] = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "seg-shapes", "det-shapes", "voc-seg",
+                              "voc-det")
 # The kind of input each dataset gives: "1d" = (N, L) signals, "image" = (N, C, H, W) images
 # (models.MODEL_INPUTS says what each model takes; RunConfig.validate compares the two).
-DATASET_INPUTS: Dict[str, str] = {"mnist1d": "1d", "fashion-mnist": "image", "cifar10": "image", "cifar100": "image"}
+DATASET_INPUTS: Dict[str, str] = {"mnist1d": "1d", "fashion-mnist": "image", "cifar10": "image", "cifar100": "image",
+                                  "seg-shapes": "segmentation", "det-shapes": "detection", "voc-seg": "segmentation",
+                                  "voc-det": "detection"}  # dense tasks: experiments/dense/
 
 # Bump when the cached mnist1d arrays change meaning, so stale caches are ignored.
 _MNIST1D_CACHE_VERSION = 1
@@ -67,6 +70,7 @@ class TensorData:
     num_classes: int = 10
     name: str = ""
     image: bool = False  # True for (N, C, H, W) image data (augmentation applies)
+    task: str = "classification"  # or "segmentation" / "detection": y are masks / boxes (experiments/dense/)
 
     def __len__(self) -> int:
         """Number of training samples."""
@@ -117,6 +121,10 @@ def load_dataset(
     if key == "mnist1d":
         x_tr, y_tr, x_te, y_te = _load_mnist1d(train_size, data_seed, cache_dir)
         data = TensorData(x_tr, y_tr, x_te, y_te, num_classes=10, name=key, image=False)
+    elif DATASET_INPUTS[key] in ("segmentation", "detection"):
+        from .dense.data import load_dense
+
+        data = load_dense(key, data_dir=data_dir, train_size=train_size, data_seed=data_seed)
     else:
         f = read_fashion_mnist(data_dir) if key == "fashion-mnist" else read_cifar(key, data_dir)
         data = TensorData(
@@ -124,7 +132,7 @@ def load_dataset(
         )
 
     gen = torch.Generator().manual_seed(int(seed))
-    if train_size is not None and key != "mnist1d":
+    if train_size is not None and key not in ("mnist1d", "seg-shapes", "det-shapes"):  # those generate train_size
         data = _take_train_subset(data, int(train_size), gen)
     if val_fraction > 0.0:
         data = _split_val(data, val_fraction, gen)

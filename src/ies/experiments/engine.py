@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..policies import SelectionPolicy, build_policy
@@ -30,6 +29,7 @@ from .augment import BatchAugment
 from .config import RunConfig
 from .data import TensorData, load_dataset
 from .models import build_model
+from .tasks import evaluate, per_sample_losses, task_for_data
 
 __all__ = ["EngineCallback", "EpochContext", "RunResult", "TrainingDiverged", "run_training", "check_run",
            "load_run_data", "build_optimizer", "evaluate", "per_sample_losses", "model_for_data", "summarize",
@@ -110,32 +110,6 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> Tuple[torch.optim.Optim
     return opt, lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / e))  # "sgd": cosine
 
 
-def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(out, y, reduction="none")
-
-
-def per_sample_losses(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tuple[Tensor, Tensor]:
-    """Forward-only losses and correctness ``(M,)`` in eval mode, batched."""
-    was = model.training
-    model.eval()
-    losses, correct = [], []
-    with torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            out = model(x[s : s + batch_size])
-            losses.append(_cross_entropy(out, y[s : s + batch_size]))
-            correct.append(out.argmax(1) == y[s : s + batch_size])
-    model.train(was)
-    if not losses:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
-    return torch.cat(losses), torch.cat(correct)
-
-
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> Tuple[float, float]:
-    """Mean loss and accuracy (in %) on ``(x, y)``."""
-    losses, correct = per_sample_losses(model, x, y, batch_size)
-    return float(losses.mean()), 100.0 * float(correct.float().mean())
-
-
 def model_for_data(cfg: RunConfig, data: TensorData) -> nn.Module:
     x = data.x_train
     if data.image:
@@ -163,6 +137,7 @@ class _Run:
     policy: SelectionPolicy
     aug: Optional[BatchAugment]
     tensors: Dict[str, Optional[Tensor]]  # x/y of train, test, val on the device
+    task: Any  # losses, reduce, correct, evaluate (experiments/tasks.py; dense ones in dense/tasks.py)
     rows: List[Dict[str, Any]] = field(default_factory=list)
     train_total: float = 0.0
     probe_total: float = 0.0
@@ -191,7 +166,8 @@ def _setup(cfg: RunConfig, data: TensorData) -> _Run:
         "yva": data.y_val.to(dev) if has_val else None,
     }
     aug = BatchAugment(seed=cfg.seed) if (cfg.augment and data.image) else None
-    return _Run(cfg, data, dev, model, opt, lr_factor, [g["lr"] for g in opt.param_groups], policy, aug, tensors)
+    task = task_for_data(data.task, data.num_classes, bool(cfg.augment))
+    return _Run(cfg, data, dev, model, opt, lr_factor, [g["lr"] for g in opt.param_groups], policy, aug, tensors, task)
 
 
 def check_run(cfg: RunConfig, data: Optional[TensorData] = None) -> TensorData:
@@ -228,7 +204,7 @@ def _train_epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> 
         if policy.needs_selection_pass:  # Selective Backprop: forward all, backprop a subset
             model.eval()
             with torch.no_grad():
-                sel_losses = _cross_entropy(model(x), y)
+                sel_losses = run.task.losses(model(x), y)
             model.train()
             keep = policy.select(idx, sel_losses)
             policy.record(idx, sel_losses, backpropagated=int(keep.sum()), forward_only=idx.numel())
@@ -236,9 +212,9 @@ def _train_epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> 
             if idx.numel() == 0:
                 continue
         out = model(x)
-        losses = _cross_entropy(out, y)
+        losses = run.task.losses(out, y)
         w = policy.batch_weights(idx)
-        loss = (losses * w.to(losses)).mean() if w is not None else losses.mean()
+        loss = run.task.reduce(losses * w.to(losses) if w is not None else losses)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for cb in callbacks:
@@ -248,7 +224,7 @@ def _train_epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> 
             policy.record(idx, losses)
         loss_sum += losses.detach().sum()
         finite += torch.isfinite(losses.detach()).sum()
-        correct += (out.detach().argmax(1) == y).sum()
+        correct += run.task.correct(out.detach(), y)
         seen += idx.numel()
     return {"loss_sum": float(loss_sum), "correct": float(correct), "finite": int(finite), "seen": seen}
 
@@ -258,7 +234,7 @@ def _probe(run: _Run) -> None:
     idx = run.policy.indices_to_probe()
     if idx.numel():
         t0 = time.perf_counter()
-        losses = probe_losses(run.model, (run.tensors["xtr"], run.tensors["ytr"]), idx, _cross_entropy,
+        losses = probe_losses(run.model, (run.tensors["xtr"], run.tensors["ytr"]), idx, run.task.losses,
                               batch_size=run.cfg.score_batch_size)
         run.policy.record_probe(idx, losses.cpu(), seconds=time.perf_counter() - t0)
 
@@ -276,8 +252,8 @@ def _epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> Dict[s
     run.train_total += t1 - t0
     run.probe_total += t2 - t1
     t = run.tensors
-    test_loss, test_acc = evaluate(run.model, t["xte"], t["yte"], run.cfg.eval_batch_size)  # not timed
-    val_acc = evaluate(run.model, t["xva"], t["yva"], run.cfg.eval_batch_size)[1] if t["xva"] is not None else None
+    test_loss, test_acc = run.task.evaluate(run.model, t["xte"], t["yte"], run.cfg.eval_batch_size)  # not timed
+    val_acc = run.task.evaluate(run.model, t["xva"], t["yva"], run.cfg.eval_batch_size)[1] if t["xva"] is not None else None
     stats = run.policy.close_epoch(val_accuracy=val_acc)
     seen, wall = max(tr["seen"], 1), run.train_total + run.probe_total
     row = {

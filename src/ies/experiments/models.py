@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .dense.models import DENSE_MODEL_INPUTS, DENSE_MODELS
+
 __all__ = [
     "MODELS",
     "MODEL_INPUTS",
@@ -348,6 +350,7 @@ MODELS: Dict[str, Builder] = {
     "resnet101": _resnet(Bottleneck, [3, 4, 23, 3]),
     "vgg16": _vgg16,
     "densenet121": _densenet121,
+    **DENSE_MODELS,  # deeplab-mini (segmentation), centernet-mini (detection): dense/models.py
 }
 
 # The kind of input each model takes: "1d" = (N, L) signals, "image" = (N, C, H, W) images.
@@ -364,6 +367,7 @@ MODEL_INPUTS: Dict[str, str] = {
     "resnet101": "image",
     "vgg16": "image",
     "densenet121": "image",
+    **DENSE_MODEL_INPUTS,
 }
 
 
