@@ -213,3 +213,50 @@ def test_threshold_zero_after_loading_a_state_with_removal_brings_everyone_back(
     tr.record_probe(torch.arange(8), torch.ones(8))
     s = tr.step()
     assert s.reincluded == 8 and not tr.excluded.any()
+
+
+def _edit_tensor(key, index, value):
+    def edit(state):
+        t = state[key].clone()
+        if key == "history":  # the newest loss of an excluded sample (the rule excluded it after finite losses)
+            t[int(state["excluded"].nonzero()[0]), -1] = value
+        else:
+            t[index] = value
+        return {**state, key: t}
+    return edit
+
+
+def _edit_books(part, key, value):
+    def edit(state):
+        books = {p: dict(d) for p, d in state["accounting"].items()}
+        books[part][key] = value
+        return {**state, "accounting": books}
+    return edit
+
+
+@pytest.mark.parametrize("edit,match", [  # issue 21: values a real run cannot produce
+    (_edit_tensor("count", 0, -100), "'count' holds -100, below its minimum 0"),
+    (_edit_tensor("history", None, float("inf")), "non-finite newest losses for excluded samples"),
+    (_edit_tensor("probe_interval", 0, 0), "'probe_interval' holds 0, below its minimum 1"),
+    (_edit_tensor("probe_interval", 5, -7), "'probe_interval' holds -7"),
+    (_edit_tensor("train_records", 0, -1), "'train_records' holds -1"),
+    (_edit_tensor("first_mastered", 0, -2), "'first_mastered' holds -2"),
+    (_edit_books("total", "backprop", float("nan")), "non-finite entries"),
+    (_edit_books("total", "trained", float("inf")), "non-finite entries"),
+    (_edit_books("seconds", "train", float("inf")), "non-finite entries"),
+    (_edit_books("total", "backprop", 10**6), "backprop 1000000 > trained"),
+    (_edit_books("total", "epochs", 3), r"total.epochs \(3\) and history_log \(8 epochs\) must both equal epoch \(8\)"),
+])
+def test_state_values_a_run_cannot_produce_are_refused(edit, match) -> None:
+    donor = IES(N)
+    for e in range(8):
+        donor.record(donor.active_indices(), torch.ones(int(donor.num_active)))
+        donor.record_probe(donor.indices_to_probe(), torch.ones(len(donor.indices_to_probe())))
+        donor.step()
+    state = donor.state_dict()
+    assert state["excluded"].any()
+    IES(N).load_state_dict(state)  # the unedited state loads
+    tr = IES(N)
+    with pytest.raises(ValueError, match=match):
+        tr.load_state_dict(edit(state))
+    assert tr.epoch == 0 and not tr.excluded.any()

@@ -6,6 +6,7 @@ tracker assigns nothing until its check has passed, so a bad input changes nothi
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from dataclasses import fields
@@ -137,7 +138,38 @@ def check_state(tracker: "IES", state: Any) -> Dict[str, Any]:
     names = {f.name for f in fields(EpochStats)}
     if not isinstance(log, list) or any(not isinstance(d, dict) or set(d) != names for d in log):
         raise ValueError("IES state 'history_log' must be the list of EpochStats dicts saved by state_dict()")
+    _check_values(out, state["accounting"], len(log))
     return out
+
+
+# smallest value each counter may hold: counts >= 0, first_mastered -1 (never), intervals >= 1
+_LOWEST = {"count": 0, "train_records": 0, "probe_records": 0, "times_excluded": 0, "times_reincluded": 0,
+           "first_mastered": -1, "probe_interval": 1, "probe_due": 0}
+
+
+def _check_values(out: Dict[str, Any], books: Dict[str, Any], n_log: int) -> None:
+    """Values a real run cannot produce (shapes and dtypes are already right); ``ValueError`` naming the field."""
+    for k, low in _LOWEST.items():
+        if out[k].numel() and int(out[k].min()) < low:
+            raise ValueError(f"IES state entry {k!r} holds {int(out[k].min())}, below its minimum {low}; the state "
+                             "was edited or damaged, save it again with state_dict()")
+    last = out["history"][:, -1][out["excluded"]] if out["history"].shape[1] else out["history"][:0, 0]
+    if not bool(torch.isfinite(last).all()):  # the rule excludes a sample only after finite losses
+        raise ValueError("IES state entry 'history' has non-finite newest losses for excluded samples; the rule "
+                         "never excludes those, so the state was edited or damaged")
+    epoch = out["epoch"]
+    for part in ("epoch", "total", "seconds"):
+        bad = {k: v for k, v in books[part].items() if not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"IES state accounting {part!r} has non-finite entries {bad}; save it again with "
+                             "state_dict()")
+    if books["total"]["epochs"] != epoch or n_log != epoch:
+        raise ValueError(f"IES state accounting total.epochs ({books['total']['epochs']}) and history_log "
+                         f"({n_log} epochs) must both equal epoch ({epoch}); the state was edited or damaged")
+    for part in ("epoch", "total"):
+        if books[part]["backprop"] > books[part]["trained"] + 1e-6:
+            raise ValueError(f"IES state accounting {part!r} has backprop {books[part]['backprop']} > trained "
+                             f"{books[part]['trained']}; a sample backpropagates at most once per training record")
 
 
 def misuse_messages(epoch: int, active: int, trained: float, n_twice: int, n_while_excl: int, n_nonfinite: int,
