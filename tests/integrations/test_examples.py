@@ -44,14 +44,25 @@ def test_lightning_example(tmp_path):
     assert "epoch  1" in out and "resumed from epoch 2 to 3" in out and "done:" in out
 
 
+def _resumes_under_torchrun() -> bool:
+    """IES resumes a Trainer run from transformers 5.3 (ies.integrations._compat); resuming a multi-process
+    CPU run fails inside the Trainer's optimizer load before 5.18 ("cpu:0"), with or without IES."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("transformers")) >= Version("5.18")
+
+
 @pytest.mark.slow
 def test_huggingface_example_under_torchrun(tmp_path):
     """Two processes: accelerate shards the active sampler's batches, DistributedIES merges the losses."""
+    resume = _resumes_under_torchrun()
     out = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(EXAMPLES / "huggingface_example.py"), "--epochs", "3", "--resume-epochs", "1", "--order", "0",
-               "--window", "1", "--threshold", "0.69", "--out", str(tmp_path / "run")], tmp_path)
+               str(EXAMPLES / "huggingface_example.py"), "--epochs", "3", "--resume-epochs", str(int(resume)),
+               "--order", "0", "--window", "1", "--threshold", "0.69", "--out", str(tmp_path / "run")], tmp_path)
     assert "epoch  2" in out and "final lr 0.00e+00" in out and "agree on the mastered set: True" in out
-    assert "now at IES epoch 4" in out
+    assert ("now at IES epoch 4" in out) == resume
     active = int(re.search(r"epoch  2  active\s+(\d+)", out).group(1))
     assert active < 256  # threshold 0.69 ~ ln 2: samples better than chance leave after two losses
 

@@ -21,11 +21,14 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from ies import IES, IESConfig  # noqa: E402
+from ies import IES, IESConfig, IESWarning  # noqa: E402
 from ies.integrations.huggingface import IES_STATE_NAME, IESTrainer, per_sample_loss  # noqa: E402
 from ies.training import EpochProgressLR  # noqa: E402
 
 N, T, V, BS = 40, 8, 64, 8
+# transformers >= 5.3 runs each epoch through Trainer._run_epoch and lets IES set the resumed epoch
+# (ies.integrations._compat); 4.57-5.2 run the loop inline, where IES trains but cannot resume.
+RESUMES = hasattr(transformers.Trainer, "_init_training_state")
 RULE = dict(threshold=0.5, order=0, window=1, m=1, probe_backoff=False)  # mastered when the last loss < 0.5 (from the 2nd loss on); probed every epoch
 
 
@@ -68,10 +71,11 @@ def lm_data():
 
 def args(tmp_path, epochs, **kw):
     kw.setdefault("save_strategy", "no")
+    kw.setdefault("logging_strategy", "no")
     return TrainingArguments(
         output_dir=str(tmp_path), num_train_epochs=epochs, per_device_train_batch_size=BS,
         per_device_eval_batch_size=16, learning_rate=5e-3, use_cpu=True, report_to="none", disable_tqdm=True,
-        logging_strategy="no", seed=0, lr_scheduler_type="linear", **kw,
+        seed=0, lr_scheduler_type="linear", **kw,
     )
 
 
@@ -116,8 +120,8 @@ def test_per_sample_loss_matches_model_loss():
 
 def test_train_epochs_schedule_and_resume(tmp_path):
     """Only active samples train; steps per epoch follow the active set; the linear LR ends at 0; resume is exact."""
-    full = IESTrainer(model=bert(), args=args(tmp_path / "full", 4, save_strategy="epoch"), train_dataset=cls_data(),
-                      ies_kwargs=RULE)
+    full = IESTrainer(model=bert(), args=args(tmp_path / "full", 4, save_strategy="epoch", logging_strategy="epoch"),
+                      train_dataset=cls_data(), ies_kwargs=RULE)
     seen = spy_records(full)
     steps_at_epoch_end = []
 
@@ -149,6 +153,10 @@ def test_train_epochs_schedule_and_resume(tmp_path):
     assert (ckpt / IES_STATE_NAME).is_file()
     resumed = IESTrainer(model=bert(), args=args(tmp_path / "full", 4), train_dataset=cls_data(), ies_kwargs=RULE)
     seen2 = spy_records(resumed)
+    if not RESUMES:  # transformers < 5.3 derives the resumed epoch from the global step: refused, with the reason
+        with pytest.raises(ValueError, match="resuming an IES run needs transformers >= 5.3"):
+            resumed.train(resume_from_checkpoint=str(ckpt))
+        return
     resumed.train(resume_from_checkpoint=str(ckpt))
     assert resumed.ies.epoch == 4 and sorted(seen2) == [3]
     assert seen2[3] == seen[3]  # same samples in the same order
@@ -177,12 +185,12 @@ def test_causal_lm_trains_and_errors(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ({"ies_kwargs": {"target_saving": 0.4}}, {"target_saving": 0.4}),             # a rule field, passed through
+    ({"ies_kwargs": {"target_saving": 0.3}}, {"target_saving": 0.3}),             # a rule field, passed through
     ({"ies_config": IESConfig(threshold=0.2, window=1)}, {"threshold": 0.2, "window": 1}),
     ({"ies_config": IESConfig(threshold=0.2), "ies_kwargs": {"order": 0}}, {"threshold": 0.2, "order": 0}),
 ])
 def test_rule_parameters_reach_the_tracker(tmp_path, kwargs, expected):
-    epochs = 10 if "target_saving" in expected else 1  # a 40% target needs epochs after the first judgement (6)
+    epochs = 10 if "target_saving" in expected else 1  # a 30% target needs epochs after the first judgement (6)
     tr = IESTrainer(model=gpt2(), args=args(tmp_path, epochs), train_dataset=lm_data(), **kwargs)
     assert {k: getattr(tr.ies.config, k) for k in expected} == expected
     if "target_saving" in expected:  # planned over num_train_epochs unless total_epochs is given
@@ -233,22 +241,76 @@ def test_padded_duplicates_in_a_batch_are_recorded_once(tmp_path):
     assert tr.ies.pending_mask.nonzero().flatten().tolist() == [1, 3]
 
 
-class _OldTrainer:  # a Trainer of transformers 5.0-5.2: the epoch loop is inline, no _run_epoch
-    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
-                             trial):
-        pass
-
-
-@pytest.mark.parametrize("cls, version, problem", [
-    (_OldTrainer, "5.2.0", "older than 5.3"),
-    (_OldTrainer, "5.24.0", "no Trainer._run_epoch"),
-    (type("Renamed", (_OldTrainer,), {"_run_epoch": lambda self, model, epoch, loader: None}), "5.24.0",
-     r"Trainer._run_epoch lacks \['train_dataloader', 'steps_in_epoch', 'num_update_steps_per_epoch'\]"),
-])
-def test_compat_check_names_the_versions_to_install(cls, version, problem):
+def test_compat_version_floor_names_the_versions_to_install():
     from ies.integrations import _compat
 
-    with pytest.raises(ImportError, match=problem) as err:
-        _compat.check_trainer(cls, version)
-    assert "pip install 'transformers>=5.18.0'" in str(err.value)
-    _compat.check_trainer(transformers.Trainer, transformers.__version__)  # the installed one fits
+    with pytest.raises(ImportError, match=r"needs transformers >= 4\.57\.1 .*pip install 'transformers>=4\.57\.1,<="):
+        _compat.check_version("4.46.3")
+    _compat.check_version(transformers.__version__)  # the installed one fits
+
+
+def test_a_trainer_that_ignores_the_epoch_length_fails_loudly(tmp_path):
+    """The behaviour check: a loader that reports the full-data length (as a Trainer that plans the
+    epoch once would assume) makes the last accumulation cycle of a short epoch never step."""
+
+    class FullLength:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return -(-N // BS)
+
+        def __iter__(self):
+            return iter(self.loader)
+
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
+
+    class Planned(IESTrainer):
+        def get_train_dataloader(self):
+            return FullLength(super().get_train_dataloader())
+
+    tr = Planned(model=bert(), args=args(tmp_path, 4, gradient_accumulation_steps=2), train_dataset=cls_data(),
+                 ies_kwargs=RULE)
+    with pytest.raises(RuntimeError, match=r"did not run IES's epoch \d at its length: it took \d optimizer steps"):
+        tr.train()
+
+
+def hand_saving(seen, planned):
+    """1 - (samples whose training loss was recorded) / (N * planned epochs): counted from the records."""
+    return 1 - sum(len(v) for v in seen.values()) / (N * planned)
+
+
+def test_target_mode_runs_every_planned_epoch(tmp_path):
+    """target_saving=0.5 over 20 epochs: IES caps each epoch's exclusion, so no epoch is empty and the
+    Trainer runs all 20; the run's saving is the hand count."""
+    tr = IESTrainer(model=bert(), args=args(tmp_path, 20, logging_strategy="epoch"), train_dataset=cls_data(),
+                    ies_kwargs={"target_saving": 0.5})
+    seen = spy_records(tr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IESWarning)  # no stop, no misuse
+        tr.train()
+    assert len(tr.ies.history_log) == 20 and sorted(seen) == list(range(20))
+    assert min(s.active for s in tr.ies.history_log) > 0
+    summary = tr.ies_callback.summary
+    assert summary["epochs_run"] == 20 and summary["planned_epochs"] == 20
+    assert summary["backprop_saved"] == pytest.approx(hand_saving(seen, 20), abs=1e-12)
+    assert summary["backprop_saved"] == pytest.approx(0.5, abs=0.03)  # the target, met
+    run_row = [h for h in tr.state.log_history if "ies/run_backprop_saved" in h]
+    assert len(run_row) == 1 and run_row[0]["ies/run_backprop_saved"] == pytest.approx(summary["backprop_saved"])
+
+
+def test_every_sample_mastered_ends_the_run_in_ies_words(tmp_path, capsys):
+    """δ-mode: all mastered after epoch 1 of 6. IES stops the Trainer with its own warning (not the
+    Trainer's empty-iterator message), and the run's saving counts the 4 epochs not run as saved."""
+    tr = IESTrainer(model=bert(), args=args(tmp_path, 6), train_dataset=cls_data(),
+                    ies_kwargs=dict(RULE, threshold=10.0))
+    seen = spy_records(tr)
+    with pytest.warns(IESWarning, match=r"every sample is mastered after epoch 1 .*the 4 planned epochs left"):
+        tr.train()
+    assert len(tr.ies.history_log) == 2 and tr.state.epoch == 2
+    summary = tr.ies_callback.summary
+    assert summary["epochs_run"] == 2 and summary["backprop_saved"] == pytest.approx(hand_saving(seen, 6)) == 4 / 6
+    # logging_strategy="no": IES logs nothing, and prints nothing of its own
+    assert not [h for h in tr.state.log_history if any(k.startswith("ies/") for k in h)]
+    assert "ies/" not in capsys.readouterr().out

@@ -18,15 +18,16 @@ three hooks the Trainer documents for subclassing, in :class:`IESTrainer`:
   epochs are shorter; ``rescale_lr_schedule=False`` keeps the step-based one.
 
 An :class:`IESTrainerCallback` (added for you) runs the probe pass and ``step()`` at
-each epoch end, logs the statistics (``ies/...`` in ``trainer.state.log_history`` and
-every ``report_to`` integration), and writes ``ies_state.pt`` into every checkpoint
-folder; ``train(resume_from_checkpoint=...)`` restores it.
+each epoch end, logs the statistics through ``Trainer.log`` (``ies/...`` in
+``trainer.state.log_history`` and every ``report_to`` integration) unless
+``logging_strategy="no"``, and writes ``ies_state.pt`` into every checkpoint folder;
+``train(resume_from_checkpoint=...)`` restores it. The run's end is IES's to say: when
+every sample is mastered (δ-mode) it stops training with an :class:`~ies.IESWarning`
+saying so, and at the end ``callback.summary`` holds the savings over the planned epochs.
 
 Epoch lengths: the Trainer plans the run (``max_steps``, the schedule) from the
-full-data length, as for a run without IES. It plans each epoch's length only once, and
-on resume it derives the epoch from the global step; no public hook can change either,
-so those two private methods are overridden in :mod:`ies.integrations._compat`, which
-checks the installed transformers version (5.3 or later) at import.
+full-data length, as for a run without IES. How each epoch gets its real length, and
+the check that it did, per transformers version: :mod:`ies.integrations._compat`.
 
 Example:
     >>> train = [{"input_ids": ids, "attention_mask": mask, "labels": y} for ids, mask, y in rows]
@@ -42,131 +43,69 @@ import inspect
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from . import require, rule_for_run
 
 transformers = require("transformers", "huggingface")
 
 from transformers import Trainer, TrainerCallback  # noqa: E402
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
-from .. import IES, EpochStats, IESConfig  # noqa: E402
+from .. import IES, EpochStats, IESConfig, IESWarning  # noqa: E402
 from ..distributed import DistributedIES, merge_records  # noqa: E402
 from ..probing import to_device  # noqa: E402
 from ..sampler import ActiveSampler  # noqa: E402
 from ..training import EpochProgressLR  # noqa: E402
 from . import _compat  # noqa: E402
+from .hf_rows import LOSS_TYPES, IndexCollator, WithIndex, auto_loss_type, per_sample_loss  # noqa: E402
 
-_compat.check_trainer(Trainer, transformers.__version__)
+_compat.check_version(transformers.__version__)
 
 __all__ = ["IESTrainer", "IESTrainerCallback", "per_sample_loss", "IES_STATE_NAME"]
 
 IES_STATE_NAME = "ies_state.pt"
-_LOSS_TYPES = ("auto", "classification", "regression", "causal_lm", "token")
-
-
-def per_sample_loss(logits: Tensor, labels: Tensor, loss_type: str = "classification",
-                    ignore_index: int = -100) -> Tensor:
-    """One loss per sample ``(B,)``, in float32.
-
-    ``loss_type``: ``"classification"`` (logits ``(B, C)``, cross-entropy),
-    ``"regression"`` (``(B,)``/``(B, 1)``, MSE), ``"causal_lm"`` (``(B, T, V)``, labels
-    shifted by one, as the model's own loss) or ``"token"`` (``(B, T, V)``, masked LM /
-    token classification). Token losses are averaged over the sample's labels that are
-    not ``ignore_index`` (padding); a sample with none gets 0.
-
-    Example:
-        >>> per_sample_loss(lm_logits, labels, "causal_lm")   # == model(ids, labels=row).loss per row
-    """
-    if loss_type not in _LOSS_TYPES[1:]:
-        raise ValueError(f"loss_type must be one of {_LOSS_TYPES[1:]}, got {loss_type!r}")
-    if loss_type == "classification":
-        if logits.dim() != 2:
-            raise ValueError(f"classification logits must be (B, C), got {tuple(logits.shape)}; set loss_type")
-        return F.cross_entropy(logits.float(), labels.long(), reduction="none", ignore_index=ignore_index)
-    if loss_type == "regression":
-        return F.mse_loss(logits.float().reshape(labels.shape[0], -1).squeeze(-1), labels.float(), reduction="none")
-    if logits.dim() != 3:
-        raise ValueError(f"{loss_type} logits must be (B, T, V), got {tuple(logits.shape)}; set loss_type")
-    if loss_type == "causal_lm":
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    tok = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().long(), ignore_index=ignore_index,
-                          reduction="none").view(labels.shape)
-    n = (labels != ignore_index).sum(1)
-    return tok.sum(1) / n.clamp(min=1)
-
-
-def _auto_loss_type(model: torch.nn.Module, logits: Tensor, labels: Tensor) -> str:
-    if logits.dim() == 3:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        inner = getattr(model, "module", model)
-        name = type(inner).__name__
-        causal = name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) or name.endswith("ForCausalLM")
-        return "causal_lm" if causal else "token"
-    if labels.is_floating_point() and (logits.dim() == 1 or logits.shape[-1] == 1):
-        return "regression"
-    return "classification"
-
-
+_STATE_VERSION = 1
 def _at_step(step_lambda: Callable[[float], float], total_steps: int, progress: float) -> float:
     return step_lambda(progress * total_steps)
 
 
-class _WithIndex(Dataset):
-    """``dataset[i] -> (i, dataset[i])``: the train loader learns each sample's index from the sampler."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Tuple[int, Any]:
-        return i, self.dataset[i]
-
-
-class _IndexCollator:
-    """Collate ``(i, row)`` pairs with the Trainer's collator; the indices go under ``index_column``.
-
-    ``keep``: the columns the model's forward accepts (plus labels), as the Trainer's own
-    column filter keeps them when ``remove_unused_columns`` is on; None keeps every column.
-    """
-
-    def __init__(self, collate: Callable[[List[Any]], Any], index_column: str, keep: Optional[Sequence[str]]) -> None:
-        self.collate = collate
-        self.index_column = index_column
-        self.keep = None if keep is None else frozenset(keep)
-
-    def __call__(self, pairs: List[Tuple[int, Any]]) -> Any:
-        rows = [row for _, row in pairs]
-        if self.keep is not None:
-            rows = [{k: v for k, v in row.items() if k in self.keep} if isinstance(row, Mapping) else row
-                    for row in rows]
-        batch = self.collate(rows)
-        batch[self.index_column] = torch.tensor([i for i, _ in pairs], dtype=torch.long)
-        return batch
+def planned_epochs(args: Any) -> Optional[int]:
+    """The run's planned epochs: an integer ``num_train_epochs`` with ``max_steps`` unset, else None."""
+    epochs = args.num_train_epochs
+    return int(epochs) if args.max_steps <= 0 and float(epochs) == int(epochs) else None
 
 
 class IESTrainerCallback(TrainerCallback):
-    """Epoch-end probe pass + ``step()``, logging, IES state in checkpoints (added by :class:`IESTrainer`)."""
+    """Epoch-end probe pass + ``step()``, the run's end, logging, IES state in checkpoints (added by
+    :class:`IESTrainer`). After ``train()``, ``summary`` holds the run's savings over the planned
+    epochs (epochs not run count as saved), as ``Accounting.summary`` gives them."""
 
     def __init__(self, trainer: "IESTrainer") -> None:
         self.trainer = trainer
         self.epoch_start_step = 0
+        self.epoch_batches = 0
         self.last_stats: Optional[EpochStats] = None
+        self.summary: Optional[Dict[str, Any]] = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # Restored here, after the Trainer planned the run from the full data (as without IES).
-        saved = self.trainer._ies_resume
+        tr, saved = self.trainer, self.trainer._ies_resume
+        self.summary = None
         if saved is not None:
-            self.trainer.ies.load_state_dict(saved["tracker"])
+            if not tr._ies_epoch_set:
+                raise ValueError(
+                    f"resuming an IES run needs transformers >= 5.3: this Trainer ({transformers.__version__}) derives "
+                    "the resumed epoch from the global step, which is wrong once IES shortens epochs; train from "
+                    "scratch, or upgrade transformers")
+            if int(saved["global_step"]) != state.global_step:
+                raise ValueError(f"{IES_STATE_NAME} was saved at step {saved['global_step']} but the checkpoint is at "
+                                 f"step {state.global_step}: resume from the checkpoint folder it was saved in")
+            tr.ies.load_state_dict(saved["tracker"])
             self.epoch_start_step = int(saved["epoch_start_step"])
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None,
@@ -174,39 +113,69 @@ class IESTrainerCallback(TrainerCallback):
         if self.trainer._ies_resume is None:
             self.epoch_start_step = state.global_step
         self.trainer._ies_resume = None  # a resumed epoch keeps its saved start; later ones start here
+        self.epoch_batches = len(train_dataloader)
         sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
-        if isinstance(sched, EpochProgressLR) and train_dataloader is not None:
-            updates = -(-len(train_dataloader) // args.gradient_accumulation_steps)
+        if isinstance(sched, EpochProgressLR):
+            updates = -(-self.epoch_batches // args.gradient_accumulation_steps)
             sched.begin_epoch(updates, self.trainer.ies.epoch)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, train_dataloader: Any = None,
                      **kwargs: Any) -> None:
-        tr = self.trainer
-        loader = train_dataloader if train_dataloader is not None else tr.callback_handler.train_dataloader
+        tr, loader = self.trainer, train_dataloader
+        if not (control.should_training_stop or control.should_epoch_stop):  # the epoch ran to its end
+            _compat.check_epoch(transformers.__version__, tr.ies.epoch, self.epoch_batches,
+                                args.gradient_accumulation_steps, state.global_step - self.epoch_start_step, state.epoch)
 
         def forward(m: torch.nn.Module, batch: Mapping[str, Any]) -> Tensor:
             with tr.compute_loss_context_manager():
                 return tr.per_sample_losses(m, to_device(batch, args.device))[0]
 
-        stats = tr.ies.end_epoch(model if model is not None else tr.model, loader.dataset, None, forward=forward,
-                                 collate_fn=loader.collate_fn,
+        stats = tr.ies.end_epoch(model, loader.dataset, None, forward=forward, collate_fn=loader.collate_fn,
                                  batch_size=tr.probe_batch_size or args.per_device_eval_batch_size, device=args.device)
         self.last_stats = stats
         self.epoch_start_step = state.global_step  # the next epoch starts here
-        tr.log({f"ies/{k}": float(v) for k, v in stats.as_dict().items() if v is not None})
+        if args.logging_strategy != "no":
+            tr.log({f"ies/{k}": float(v) for k, v in stats.as_dict().items() if v is not None})
+        planned = planned_epochs(args)
+        if tr.ies.num_active == 0 and (planned is None or tr.ies.epoch < planned) and not control.should_training_stop:
+            # The next epoch would have no batch (the Trainer would stop with its own IterableDataset
+            # message): IES ends the run here and says why.
+            control.should_training_stop = True
+            if state.is_world_process_zero:
+                warnings.warn(_all_excluded(tr.ies, stats.epoch, planned), IESWarning, stacklevel=2)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        ies = self.trainer.ies
+        planned = planned_epochs(args)
+        self.summary = {**ies.books.summary(max(planned or 0, ies.epoch)), "planned_epochs": planned}
+        if args.logging_strategy != "no" and ies.epoch > 0:
+            keep = ("epochs_run", "backprop_saved", "compute_saved")
+            self.trainer.log({f"ies/run_{k}": float(self.summary[k]) for k in keep})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        ies = self.trainer.ies
-        if isinstance(ies, DistributedIES):
-            ies.sync()  # a collective: on_save runs on every process; makes mid-epoch saves exact
+        tr = self.trainer
+        if isinstance(tr.ies, DistributedIES):
+            tr.ies.sync()  # a collective: on_save runs on every process; makes mid-epoch saves exact
+        folder, step = tr._ies_saved_to
         if not state.is_world_process_zero:
             return
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if not os.path.isdir(folder):
-            warnings.warn(f"IES: checkpoint folder {folder} not found; IES state not saved", stacklevel=2)
+        if folder is None or step != state.global_step:
+            warnings.warn(f"IES: no checkpoint folder was saved at step {state.global_step}; IES state not saved",
+                          IESWarning, stacklevel=2)
             return
-        torch.save({"version": 1, "tracker": ies.state_dict(), "epoch_start_step": self.epoch_start_step,
+        torch.save({"version": _STATE_VERSION, "tracker": tr.ies.state_dict(), "epoch_start_step": self.epoch_start_step,
                     "global_step": state.global_step}, os.path.join(folder, IES_STATE_NAME))
+
+
+def _all_excluded(ies: IES, epoch: int, planned: Optional[int]) -> str:
+    left = f"; the {planned - epoch - 1} planned epochs left would train nothing" if planned is not None else ""
+    if ies.config.mode == "delta":
+        why = f"every sample is mastered after epoch {epoch} (threshold δ={ies.config.threshold:g})"
+        fix = "lower threshold to train longer"
+    else:
+        why = f"target mode excluded every sample after epoch {epoch} (max_excluded_fraction={ies.config.exclusion_cap:g})"
+        fix = "keep max_excluded_fraction below 1 to train every epoch"
+    return f"IES: {why}{left}, so IES stops training now ({fix}). callback.summary has the run's savings."
 
 
 class IESTrainer(_compat.TrainerEpochHooks, Trainer):
@@ -228,7 +197,7 @@ class IESTrainer(_compat.TrainerEpochHooks, Trainer):
 
     Example:
         >>> trainer = IESTrainer(model=model, args=args, train_dataset=train, ies_kwargs={"target_saving": 0.4})
-        >>> trainer.train(); trainer.ies.history_log[-1]
+        >>> trainer.train(); trainer.ies_callback.summary["backprop_saved"]
     """
 
     def __init__(
@@ -245,18 +214,16 @@ class IESTrainer(_compat.TrainerEpochHooks, Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if loss_type not in _LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {_LOSS_TYPES}, got {loss_type!r}")
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
         ds = self.train_dataset
         if ds is None or isinstance(ds, torch.utils.data.IterableDataset) or not hasattr(ds, "__len__"):
             raise ValueError("IESTrainer needs a map-style train_dataset (with __len__ and rows by index)")
         if ies is not None and (ies_kwargs or ies_config is not None):
             raise ValueError("pass either ies=tracker or ies_config / ies_kwargs (to build one), not both")
         if ies is None:
-            epochs = self.args.num_train_epochs
-            planned = int(epochs) if self.args.max_steps <= 0 and float(epochs) == int(epochs) else None
             # IES validates the fields and names the valid ones; target_saving plans over num_train_epochs
-            ies = DistributedIES(len(ds), **rule_for_run(ies_config, dict(ies_kwargs or {}), planned))
+            ies = DistributedIES(len(ds), **rule_for_run(ies_config, dict(ies_kwargs or {}), planned_epochs(self.args)))
         self.ies: IES = ies
         if self.ies.num_samples != len(ds):
             raise ValueError(f"the tracker has num_samples={self.ies.num_samples} but train_dataset has {len(ds)} "
@@ -273,6 +240,7 @@ class IESTrainer(_compat.TrainerEpochHooks, Trainer):
         # and do not count tokens for a token-normalized loss.
         self.model_accepts_loss_kwargs = False
         self._ies_resume: Optional[Dict[str, Any]] = None
+        self._ies_saved_to: Tuple[Optional[str], int] = (None, -1)  # the last save_model folder and its step
         self.ies_callback = IESTrainerCallback(self)
         self.add_callback(self.ies_callback)
 
@@ -287,9 +255,9 @@ class IESTrainer(_compat.TrainerEpochHooks, Trainer):
             keep = [*inspect.signature(model.forward).parameters, *self.label_names, "label", "label_ids"]
         workers = args.dataloader_num_workers
         loader = DataLoader(
-            _WithIndex(self.train_dataset), batch_size=args.train_batch_size,
+            WithIndex(self.train_dataset), batch_size=args.train_batch_size,
             sampler=ActiveSampler(self.ies, shuffle=True, seed=seed, num_replicas=1, rank=0),
-            collate_fn=_IndexCollator(self.data_collator, self.index_column, keep), num_workers=workers,
+            collate_fn=IndexCollator(self.data_collator, self.index_column, keep), num_workers=workers,
             pin_memory=args.dataloader_pin_memory, drop_last=args.dataloader_drop_last,
             persistent_workers=args.dataloader_persistent_workers if workers > 0 else False,
             prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
@@ -309,7 +277,7 @@ class IESTrainer(_compat.TrainerEpochHooks, Trainer):
             losses = self.per_sample_loss_fn(outputs, labels)
         else:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            kind = self.loss_type if self.loss_type != "auto" else _auto_loss_type(model, logits, labels)
+            kind = self.loss_type if self.loss_type != "auto" else auto_loss_type(model, logits, labels)
             losses = per_sample_loss(logits, labels, kind)
         return losses, outputs, idx
 
@@ -346,19 +314,32 @@ class IESTrainer(_compat.TrainerEpochHooks, Trainer):
         self.lr_scheduler = EpochProgressLR(sched.optimizer, lambdas, int(epochs))
         return self.lr_scheduler
 
-    # ------------------------------------------------------------- resume
+    # ------------------------------------------------------------- checkpoints and resume
+    def save_model(self, output_dir: Optional[str] = None, *args: Any, **kwargs: Any) -> None:
+        """``Trainer.save_model``; notes the folder, where the callback's ``on_save`` puts ``ies_state.pt``.
+
+        A checkpoint is saved through ``save_model(checkpoint_folder)`` in every transformers
+        version tested, hyperparameter-search run folders included: no folder name is rebuilt.
+        """
+        super().save_model(output_dir, *args, **kwargs)
+        self._ies_saved_to = (output_dir if output_dir is not None else self.args.output_dir, self.state.global_step)
+
     def train(self, resume_from_checkpoint: Any = None, trial: Any = None, ignore_keys_for_eval: Any = None,
               **kwargs: Any) -> Any:
         """``Trainer.train``; with ``resume_from_checkpoint`` it also restores IES from ``ies_state.pt``."""
         ckpt = resume_from_checkpoint
         if ckpt is True:
             ckpt = get_last_checkpoint(self.args.output_dir) or ckpt
-        self._ies_resume = None
+        self._ies_resume, self._ies_epoch_set = None, False
         if isinstance(ckpt, (str, os.PathLike)):
             path = os.path.join(ckpt, IES_STATE_NAME)
             if os.path.isfile(path):
                 # loaded into the tracker at on_train_begin, after the Trainer planned the run
-                self._ies_resume = torch.load(path, map_location="cpu", weights_only=True)
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                if saved.get("version") != _STATE_VERSION:
+                    raise ValueError(f"{path} has IES state version {saved.get('version')!r}; this ies reads "
+                                     f"version {_STATE_VERSION}: resume with the ies version that saved it")
+                self._ies_resume = saved
             else:
                 warnings.warn(f"{ckpt} has no {IES_STATE_NAME}: IES starts from scratch", stacklevel=2)
         return super().train(resume_from_checkpoint=ckpt, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
