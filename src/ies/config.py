@@ -18,9 +18,12 @@ from typing import Any, Dict, Optional
 
 from .criterion import history_length
 
-__all__ = ["IESConfig", "DEFAULT_TARGET_CAP"]
+__all__ = ["IESConfig", "DEFAULT_TARGET_CAP", "MAX_EPOCHS"]
 
 DEFAULT_TARGET_CAP = 0.8  # target mode's per-epoch cap on the excluded share (docs/benchmarks/target.md §6)
+# Longest run planned for (total_epochs, probe intervals): target mode's planner costs O(total_epochs)
+# per step (2.5 s at 100,000 on a 2-core CPU), and probe intervals live in int32 tensors.
+MAX_EPOCHS = 100_000
 
 
 def _number(name: str, value: Any, hint: str) -> float:
@@ -36,6 +39,10 @@ def _integer(name: str, value: Any, low: int, hint: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r}")
     return int(value)
+
+
+def _is_large(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > MAX_EPOCHS
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -113,6 +120,7 @@ class IESConfig:
         if _number("threshold", self.threshold, " >= 0 (0 disables removal; the paper uses 1e-3)") < 0:
             raise ValueError(f"threshold must be a finite number >= 0 (0 disables removal; the paper uses 1e-3), "
                              f"got {self.threshold!r}")
+        object.__setattr__(self, "threshold", float(self.threshold))  # a 21-digit int compares as a float
         o = self.order
         if isinstance(o, bool) or not isinstance(o, numbers.Integral) or not 0 <= o <= 3:
             raise ValueError(f"order must be an int in 0..3 (0: loss, 2: second difference), got {o!r}")
@@ -120,6 +128,10 @@ class IESConfig:
         _integer("m", self.m, 1, " (the paper uses 1)")
         _integer("probe_every", self.probe_every, 1, " (1 probes every epoch)")
         _flag("probe_backoff", self.probe_backoff)
+        for k in ("probe_every", "probe_max_interval", "total_epochs"):
+            if _is_large(getattr(self, k)):
+                raise ValueError(f"{k} must be at most {MAX_EPOCHS:,} epochs (the longest run ies plans for), got "
+                                 f"{getattr(self, k)!r}")
         if _integer("probe_max_interval", self.probe_max_interval, 1, " (epochs)") < self.probe_every:
             raise ValueError(f"probe_max_interval ({self.probe_max_interval}) must be >= probe_every ({self.probe_every})")
         _flag("probe_all", self.probe_all)

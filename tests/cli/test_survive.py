@@ -260,3 +260,49 @@ def test_a_read_only_out_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["train", *TINY, "--out", str(tmp_path / "ro" / "r")]) == 2
     err = _one_line(capsys)
     assert "Permission denied" in err and "ro/r" in err
+
+
+# -- 4, 5, 7. one-line errors and bounds before allocation -------------------------------------------------------
+
+def _deep(p: Path) -> str:
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    return str(p)
+
+
+def _dup(p: Path) -> str:
+    p.write_text('{"epochs": 2, "epochs": 3}')
+    return str(p)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--method", "ies:total_epochs=5"], "total_epochs is set by the run"),
+    (["--method", "ies:seed=3"], "use --seed instead"),
+    (["--method", "ies:probe_max_interval=2147483648"], "probe_max_interval must be at most 100,000"),
+    (["--method", "ies:probe_every=100001"], "probe_every must be at most 100,000"),
+    (["--method", "ies:threshold=0.1:threshold=0.2"], "threshold is given twice"),
+    (["--method", "ies:threshold=" + "[" * 50_000], "characters; give a number or a word"),
+    (["--epochs", "100000000", "--method", "ies:target_saving=0.3"], "epochs must be at most 100,000"),
+    (["--threads", "100000"], "more than this machine's"),
+    (["--config", "DIR"], "is a folder; pass a JSON file"),
+    (["--config", "/dev/zero"], "/dev/zero is not a regular file"),
+    (["--config", "DEEP"], "nests too deep"),
+    (["--config", "DUP"], "key 'epochs' appears more than once"),
+])
+def test_user_errors_of_issue_21_are_one_line(argv, needle, tmp_path, capsys):
+    subs = {"DIR": str(tmp_path), "DEEP": lambda: _deep(tmp_path / "deep.json"), "DUP": lambda: _dup(tmp_path / "d.json")}
+    argv = [(subs[a]() if callable(subs[a]) else subs[a]) if a in subs else a for a in argv]
+    out = tmp_path / "o"
+    try:
+        rc = main(["train", "--epochs", "1", "--train-size", "100", "-q", "--out", str(out), *argv])
+    except SystemExit as e:  # argparse's own refusal (--threads): usage line, then the error
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert needle in err[-1] and not any("Traceback" in ln for ln in err), err
+    assert not out.exists()  # refused before the folder is made
+
+
+def test_a_21_digit_integer_threshold_is_a_number():
+    from ies import IES
+
+    assert IES(10, threshold=10**20).config.threshold == 1e20  # compared as a float, no OverflowError

@@ -46,9 +46,11 @@ def user_errors() -> Iterator[None]:
 
 
 def _parse_value(v: str) -> Any:
+    if len(v) > 100:  # a number or a word; a long one is a typo (or deeply nested JSON)
+        raise CLIError(f"method parameter value {v[:20]!r}... is {len(v)} characters; give a number or a word")
     try:
         return json.loads(v)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return v
 
 
@@ -60,7 +62,10 @@ def parse_method_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
         if "=" not in p:
             raise CLIError(f"bad method parameter {p!r} in {spec!r}: write NAME:key=value[:key=value]")
         k, v = p.split("=", 1)
-        params[k.strip().replace("-", "_")] = _parse_value(v.strip())
+        k = k.strip().replace("-", "_")
+        if k in params:
+            raise CLIError(f"method parameter {k} is given twice in {spec!r}; give each parameter once")
+        params[k] = _parse_value(v.strip())
     return name.strip(), params
 
 
@@ -85,6 +90,16 @@ def positive_int(v: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
     if i < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return i
+
+
+def thread_count(v: str) -> int:
+    """``--threads``: 1 .. this machine's CPU count (far more threads than CPUs crash torch's thread pool)."""
+    import os
+
+    i, most = positive_int(v), os.cpu_count() or 1
+    if i > most:
+        raise argparse.ArgumentTypeError(f"{v} is more than this machine's {most} CPUs; pass at most {most}")
     return i
 
 
@@ -129,7 +144,7 @@ def add_run_args(p: argparse.ArgumentParser, *, resumable: bool = True) -> None:
         o.add_argument("--overwrite", action="store_true", help="delete a non-empty --out first (ies folders only)")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     o.add_argument("--jsonl", action="store_true", help="print one JSON object per epoch on stdout (implies --quiet)")
-    o.add_argument("--threads", type=positive_int, default=1,
+    o.add_argument("--threads", type=thread_count, default=1,
                    help="torch CPU threads (default 1: the default models are small, and on a shared CPU "
                         "extra threads mostly add contention that makes timings noisy)")
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["RunConfig", "OPTIMIZERS", "DEFAULTS_BY_DATASET", "check_device"]
+from ..config import MAX_EPOCHS
+
+__all__ = ["RunConfig", "OPTIMIZERS", "DEFAULTS_BY_DATASET", "check_device", "read_json_file", "CONFIG_MAX_BYTES"]
+
+CONFIG_MAX_BYTES = 1 << 20  # a run config is a few hundred bytes; more is not a config (or is /dev/zero)
 
 # The paper's optimizer settings (Section 5 / Appendix A), by name. Milestones and the
 # linear schedule's length are given for the paper's 150/200-epoch runs and are scaled
@@ -41,9 +47,9 @@ DEFAULTS_BY_DATASET: Dict[str, Dict[str, Any]] = {
     "cifar100": {"model": "resnet18", "batch_size": 64, "epochs": 200, "optimizer": "sgd", "lr": 0.1, "augment": True,
                  "score_batch_size": 128, "eval_batch_size": 256},
     # Dense tasks (docs/dense.md): synthetic shapes sized so a 3-seed comparison fits in minutes on one core.
-    "seg-shapes": {"model": "deeplab-mini", "train_size": 1000, "batch_size": 32, "epochs": 20, "optimizer": "adam-cos",
+    "seg-shapes": {"model": "deeplab-mini", "train_size": 500, "batch_size": 32, "epochs": 15, "optimizer": "adam-cos",
                    "lr": 3e-3, "score_batch_size": 128, "eval_batch_size": 128},
-    "det-shapes": {"model": "centernet-mini", "train_size": 1000, "batch_size": 32, "epochs": 20,
+    "det-shapes": {"model": "centernet-mini", "train_size": 500, "batch_size": 32, "epochs": 15,
                    "optimizer": "adam-cos", "lr": 3e-3, "score_batch_size": 128, "eval_batch_size": 128},
     "voc-seg": {"model": "deeplab-mini", "batch_size": 16, "epochs": 50, "optimizer": "adam-cos", "lr": 1e-3,
                 "score_batch_size": 32, "eval_batch_size": 32},
@@ -124,6 +130,9 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}; pass e.g. 10")
+        if self.epochs is not None and self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs must be at most {MAX_EPOCHS:,} (the longest run ies plans for), got "
+                             f"{self.epochs!r}; pass fewer epochs")
         for name in ("seed", "data_seed"):
             v = getattr(self, name)
             if not 0 <= v < 2**32:
@@ -141,6 +150,11 @@ class RunConfig:
         bad_keys = [k for k in self.method_params if not isinstance(k, str)]
         if bad_keys:
             raise ValueError(f"method_params keys must be parameter names (str), got {bad_keys!r}; e.g. {{\"threshold\": 0.01}}")
+        run_set = {"total_epochs": "--epochs", "seed": "--seed", "num_samples": "--train-size", "name": "--method"}
+        clash = sorted(k for k in self.method_params if k in run_set)
+        if clash:
+            raise ValueError(f"method parameter {clash[0]} is set by the run, not the method spec; use "
+                             f"{run_set[clash[0]]} instead")
 
     def validate(self) -> None:
         """:meth:`check_types`, then names that must be registered and fit together, and the device."""
@@ -187,12 +201,8 @@ class RunConfig:
 
     @classmethod
     def from_file(cls, path: str) -> "RunConfig":
-        """A config from a JSON file; any error names the file."""
-        with open(path) as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        """A config from a JSON file (a regular file of at most 1 MiB, no key twice); any error names the file."""
+        d = read_json_file(path, "config file")
         try:
             return cls.from_dict(d)
         except ValueError as e:
@@ -245,6 +255,39 @@ def _is_kind(v: Any, kind: str) -> bool:
     if kind == "int":
         return isinstance(v, numbers.Integral)
     return isinstance(v, numbers.Real)  # "number"
+
+
+def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"key {dup[0]!r} appears more than once; write each key once (JSON keeps only the last)")
+    return dict(pairs)
+
+
+def read_json_file(path: str, what: str, max_bytes: int = CONFIG_MAX_BYTES) -> Any:
+    """Parse a small JSON file written by a person: ``ValueError`` naming it if it is not a regular file, is
+    over ``max_bytes``, nests too deep, repeats a key or is not JSON (``/dev/zero`` and folders included)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise ValueError(f"{what} {path} is {kind}; pass a JSON file")
+        if st.st_size > max_bytes:
+            raise ValueError(f"{what} {path} is {st.st_size:,} bytes, over the {max_bytes:,} a config may have; pass "
+                             "the JSON file of settings")
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise ValueError(f"{what} {path} nests too deep to be a config; pass a flat JSON object") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 def check_device(device: str) -> None:
