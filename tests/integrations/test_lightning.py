@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sys
+import types
 import warnings
 
 import pytest
@@ -18,9 +19,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning.pytorch as L  # noqa: E402  (the [lightning] extra; part of [dev])
 
-from ies import IES, IESConfig, IndexedDataset  # noqa: E402
+from ies import IES, IESConfig, IESWarning, IndexedDataset  # noqa: E402
 from ies.distributed import DistributedIES  # noqa: E402
-from ies.integrations.lightning import IESCallback, ies_output  # noqa: E402
+from ies.integrations.lightning import IESCallback, ies_output, ies_sampler  # noqa: E402
 from ies.training import EpochProgressLR  # noqa: E402
 
 N, BS, THR = 64, 8, 0.5
@@ -101,7 +102,7 @@ class Probe(L.Callback):
             self.val_runs[trainer.current_epoch] = self.val_runs.get(trainer.current_epoch, 0) + 1
 
     def on_train_epoch_end(self, trainer, pl_module):  # runs after IESCallback's (callback order)
-        ies = next(cb for cb in trainer.callbacks if isinstance(cb, IESCallback)).ies
+        ies = next(cb for cb in trainer.callbacks if isinstance(cb, IESCallback)).tracker
         self.excluded[trainer.current_epoch] = ies.excluded_indices().tolist()
 
     def on_train_end(self, trainer, pl_module):
@@ -115,7 +116,10 @@ def reference_excluded(epochs: int) -> dict:
     ies = IES(N, **RULE)
     out = {}
     for e in range(epochs):
-        ies.record(torch.arange(N), synthetic_loss(torch.arange(N), e))  # every sample has a loss each epoch
+        idx, act = torch.arange(N), ies.active_mask
+        loss = synthetic_loss(idx, e)  # every sample has a loss each epoch: trained or probed
+        ies.record(idx[act], loss[act])
+        ies.record_probe(idx[~act], loss[~act])
         ies.step()
         out[e] = ies.excluded_indices().tolist()
     return out
@@ -156,7 +160,7 @@ def test_fit_epoch_lengths_logging_and_validation(tmp_path):
         assert sorted(trained) == sorted(set(range(N)) - excluded_before), e  # each active sample once
         assert probe.num_batches[e] == -(-active_counts[e] // BS)  # Lightning recounted the reloaded loader
     assert probe.val_runs == {e: 1 for e in range(6)}  # validation still at every (shorter) epoch's end
-    assert [s.active for s in cb.ies.history_log] == active_counts
+    assert [s.active for s in cb.tracker.history_log] == active_counts
     assert float(t.callback_metrics["ies/excluded"]) == N - 64 + len(ref[4])
     logged = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text()
     assert "ies/active" in logged and "ies/backprop_saved" in logged
@@ -176,19 +180,22 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     cb2, probe2 = new_cb(), Probe()
     net2 = Net(cb2)
     trainer(tmp_path / "b", 6, [cb2, probe2]).fit(net2, ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
-    assert cb2.ies.epoch == 6
+    assert cb2.tracker.epoch == 6
     for e in (3, 4, 5):
         assert probe2.excluded[e] == full_probe.excluded[e]
         assert probe2.trained[e] == full_probe.trained[e]  # same order: same epoch seeds, same active set
-    assert [s.counts() for s in cb2.ies.history_log] == [s.counts() for s in full_cb.ies.history_log]
-    assert torch.equal(cb2.ies.history.nan_to_num(-1), full_cb.ies.history.nan_to_num(-1))
+    assert [s.counts() for s in cb2.tracker.history_log] == [s.counts() for s in full_cb.tracker.history_log]
+    assert torch.equal(cb2.tracker.history.nan_to_num(-1), full_cb.tracker.history.nan_to_num(-1))
 
 
 def test_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="loss_fn"):
         IESCallback(N)
-    with pytest.raises(ValueError, match="num_samples"):
-        IESCallback(loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(ValueError, match="not both"):
+        IESCallback(N, tracker=IES(N), loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))
+    sizeless = IESCallback(loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(ValueError, match=r"sampler=ies_callback.sampler\(train_set\)"):
+        sizeless.sampler()
     with pytest.raises(ValueError, match="reduction='none'"):
         ies_output(torch.arange(3), torch.tensor(1.0))
 
@@ -224,9 +231,9 @@ def test_rule_parameters_reach_the_tracker(tmp_path, args, kwargs, expected):
     cb = IESCallback(N, *args, forward=probe_forward, probe_dataset=TensorDataset(torch.arange(N)), **kwargs)
     epochs = 4 if "target_saving" in expected else 2  # a target needs epochs after the first judgement (2 losses)
     trainer(tmp_path, epochs, [cb]).fit(Net(cb))
-    assert {k: getattr(cb.ies.config, k) for k in expected} == expected
+    assert {k: getattr(cb.tracker.config, k) for k in expected} == expected
     if "target_saving" in expected:  # planned over the Trainer's max_epochs unless total_epochs is given
-        assert cb.ies.config.total_epochs == 4 and len(cb.ies.history_log) == 4
+        assert cb.tracker.config.total_epochs == 4 and len(cb.tracker.history_log) == 4
 
 
 def test_unknown_rule_parameter_is_refused():
@@ -258,7 +265,7 @@ def held_rendezvous(monkeypatch):
 def test_ddp_spawn_two_processes(tmp_path, monkeypatch):
     """2 CPU processes (gloo): ranks agree, every active sample trained once, same sets as one process."""
     cb = new_cb()
-    assert isinstance(cb.ies, DistributedIES)
+    assert isinstance(cb.tracker, DistributedIES)
     ck = L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_last=True)
     t = L.Trainer(
         max_epochs=5, accelerator="cpu", devices=2, strategy="ddp_spawn", callbacks=[cb, Probe(str(tmp_path)), ck],
@@ -307,8 +314,64 @@ def test_every_sample_mastered_stops_fit_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "CUT", {1: N})  # every sample mastered after epoch 1
     cb, probe = new_cb(), Probe()
     t = trainer(tmp_path, 6, [cb, probe])
-    with pytest.warns(UserWarning, match="every sample is mastered after epoch 1"):
+    with pytest.warns(IESWarning, match=r"IES: every sample is mastered after epoch 1 .*the 4 planned epochs left"):
         t.fit(NetSched(cb))
-    assert [s.active for s in cb.ies.history_log] == [N, N]
-    assert cb.ies.num_active == 0 and t.current_epoch == 2 and t.should_stop
+    assert [s.active for s in cb.tracker.history_log] == [N, N]
+    assert cb.tracker.num_active == 0 and t.current_epoch == 2 and t.should_stop
     assert sorted(probe.trained) == [0, 1]  # no empty epoch was started
+    # the run's saving: the 4 epochs not run count as saved, against the 6 planned; equal to a hand count
+    hand = 1 - sum(len(v) for v in probe.trained.values()) / (N * 6)
+    assert cb.summary["epochs_run"] == 2 and cb.summary["backprop_saved"] == pytest.approx(hand) == 4 / 6
+    logged = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "ies/run_backprop_saved" in logged  # through the Trainer's logger
+
+
+def test_target_mode_runs_every_planned_epoch(tmp_path):
+    """target_saving=0.5 over 12 epochs: IES caps each epoch's exclusion (max_excluded_fraction), so no
+    epoch is empty and fit() runs all 12; the run's saving is the hand count."""
+    cb = IESCallback(N, forward=probe_forward, probe_dataset=TensorDataset(torch.arange(N)),
+                     **{k: v for k, v in RULE.items() if k != "threshold"}, target_saving=0.5)
+    probe = Probe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IESWarning)
+        trainer(tmp_path, 12, [cb, probe]).fit(Net(cb))
+    assert len(cb.tracker.history_log) == 12 and sorted(probe.trained) == list(range(12))
+    assert min(len(v) for v in probe.trained.values()) > 0
+    hand = 1 - sum(len(v) for v in probe.trained.values()) / (N * 12)
+    assert cb.summary["epochs_run"] == 12 and cb.summary["backprop_saved"] == pytest.approx(hand)
+    assert hand == pytest.approx(0.5, abs=0.03)
+
+
+class Data(L.LightningDataModule):
+    """A DataModule as projects write it: the data exists only after setup(), the loader asks the trainer."""
+
+    def setup(self, stage):
+        self.train_set = make_data()
+
+    def train_dataloader(self):
+        return DataLoader(IndexedDataset(self.train_set), sampler=ies_sampler(self.trainer, self.train_set),
+                          batch_size=BS)
+
+
+class Model(Net):
+    train_dataloader = None  # the DataModule's
+
+    def __init__(self):
+        L.LightningModule.__init__(self)
+        self.lin = torch.nn.Linear(4, 2)
+
+
+def test_datamodule_the_callback_learns_the_size_from_the_data(tmp_path):
+    cb = IESCallback(forward=probe_forward, probe_dataset=TensorDataset(torch.arange(N)), **RULE)  # no size
+    assert cb.tracker is None
+    ck = L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_last=True)
+    trainer(tmp_path / "a", 3, [cb, Probe(), ck]).fit(Model(), datamodule=Data())
+    assert cb.tracker.num_samples == N and cb.tracker.epoch == 3
+    ref = reference_excluded(5)
+    assert cb.tracker.excluded_indices().tolist() == ref[2]
+    # resumed by a new sizeless callback: the checkpoint tells the size
+    cb2, probe2 = IESCallback(forward=probe_forward, probe_dataset=TensorDataset(torch.arange(N)), **RULE), Probe()
+    trainer(tmp_path / "b", 5, [cb2, probe2]).fit(Model(), datamodule=Data(), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    assert cb2.tracker.epoch == 5 and probe2.excluded[4] == ref[4]
+    with pytest.raises(ValueError, match=r"2 IESCallback\(s\); pass exactly one"):
+        ies_sampler(types.SimpleNamespace(callbacks=[cb, cb2]), make_data())

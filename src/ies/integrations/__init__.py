@@ -18,7 +18,7 @@ import importlib
 from types import ModuleType
 from typing import Any, Dict, Optional
 
-__all__ = ["require", "rule_for_run"]  # the integrations' names load lazily: IESCallback, ies_output, IESTrainer, ...
+__all__ = ["require", "rule_for_run", "all_excluded_message"]  # the integrations' names load lazily: IESCallback, ies_output, IESTrainer, ...
 
 _LAZY = {
     "IESCallback": "lightning",
@@ -64,6 +64,26 @@ def rule_for_run(config: Any, rule: Dict[str, Any], total_epochs: Optional[int])
     if planned and given("total_epochs", None) is None and total_epochs is not None:
         out["total_epochs"] = int(total_epochs)
     return out
+
+
+def all_excluded_message(tracker: Any, epoch: int, planned: Optional[int], framework: str) -> str:
+    """What an integration says when it ends a run because the next epoch has no sample to train.
+
+    Example:
+        >>> from ies import IES
+        >>> all_excluded_message(IES(10), 3, 10, "IESCallback")[:58]
+        'IES: every sample is mastered after epoch 3 (threshold δ=0'
+    """
+    left = f"; the {planned - epoch - 1} planned epochs left would train nothing" if planned is not None else ""
+    config = tracker.config
+    if config.mode == "delta":
+        why = f"every sample is mastered after epoch {epoch} (threshold δ={config.threshold:g})"
+        fix = "lower threshold to train longer"
+    else:
+        why = f"target mode excluded every sample after epoch {epoch} (max_excluded_fraction={config.exclusion_cap:g})"
+        fix = "keep max_excluded_fraction below 1 to train every epoch"
+    return (f"IES: {why}{left}, so {framework} stops training now ({fix}); its summary has the run's savings "
+            "over the planned epochs")
 
 
 def __getattr__(name: str) -> Any:

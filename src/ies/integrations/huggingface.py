@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from . import require, rule_for_run
+from . import all_excluded_message, require, rule_for_run
 
 transformers = require("transformers", "huggingface")
 
@@ -142,7 +142,7 @@ class IESTrainerCallback(TrainerCallback):
             # message): IES ends the run here and says why.
             control.should_training_stop = True
             if state.is_world_process_zero:
-                warnings.warn(_all_excluded(tr.ies, stats.epoch, planned), IESWarning, stacklevel=2)
+                warnings.warn(all_excluded_message(tr.ies, stats.epoch, planned, "IESTrainer"), IESWarning, stacklevel=2)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         ies = self.trainer.ies
@@ -165,17 +165,6 @@ class IESTrainerCallback(TrainerCallback):
             return
         torch.save({"version": _STATE_VERSION, "tracker": tr.ies.state_dict(), "epoch_start_step": self.epoch_start_step,
                     "global_step": state.global_step}, os.path.join(folder, IES_STATE_NAME))
-
-
-def _all_excluded(ies: IES, epoch: int, planned: Optional[int]) -> str:
-    left = f"; the {planned - epoch - 1} planned epochs left would train nothing" if planned is not None else ""
-    if ies.config.mode == "delta":
-        why = f"every sample is mastered after epoch {epoch} (threshold δ={ies.config.threshold:g})"
-        fix = "lower threshold to train longer"
-    else:
-        why = f"target mode excluded every sample after epoch {epoch} (max_excluded_fraction={ies.config.exclusion_cap:g})"
-        fix = "keep max_excluded_fraction below 1 to train every epoch"
-    return f"IES: {why}{left}, so IES stops training now ({fix}). callback.summary has the run's savings."
 
 
 class IESTrainer(_compat.TrainerEpochHooks, Trainer):
