@@ -99,7 +99,7 @@ def segmentation_shapes(train: int = 1000, test: int = 300, *, seed: int = 42, c
     return xtr, ytr, xte, yte
 
 
-def detection_shapes(train: int = 1000, test: int = 300, *, seed: int = 42, canvas: int = 48
+def detection_shapes(train: int = 1000, test: int = 300, *, seed: int = 42, canvas: int = 32
                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(x_train, y_train, x_test, y_test)``: images ``(N, 3, H, W)`` and boxes ``(N, 3, 6)``
     (:data:`BOX_FIELDS`; class in ``0..2`` for square, disc, triangle, -1 for padding). Deterministic in ``seed``."""
