@@ -14,12 +14,9 @@ import sys
 from typing import Dict, Optional, Sequence
 
 from . import analyze, budget, compare, frontier, listing, report, tradeoff, train
-from .common import CLIError, make_progress, parse_method_spec, positive_int, resolve_config
-from .common import add_run_args as _add_run_args  # the analyses module's import, until it moves to cli/analyze.py
+from .common import CLIError, parse_method_spec
 
 __all__ = ["main", "build_parser", "parse_method_spec", "CLIError", "COMMANDS"]
-
-_positive_int = positive_int  # as above
 
 COMMANDS: Dict[str, object] = {  # name -> module with add_parser(subparsers) and run(args)
     "train": train, "compare": compare, "report": report, "list": listing,
