@@ -15,8 +15,8 @@ __all__ = ["CLIError", "user_errors", "parse_method_spec", "parse_method_specs",
 
 # flag, its RunConfig field, type and help: one per line, parsed once below
 _FLAG_TABLE = """
---dataset          dataset          str   mnist1d (default, generated locally), fashion-mnist, cifar10, cifar100
---data-dir         data_dir         str   folder with the dataset files (fashion-mnist IDX, CIFAR python pickles)
+--dataset          dataset          str   mnist1d (default, generated locally), fashion-mnist, cifar10, cifar100; dense: seg-shapes, det-shapes, voc-seg, voc-det
+--data-dir         data_dir         str   folder with the dataset files (fashion-mnist IDX, CIFAR python pickles, the PASCAL VOC folder)
 --train-size       train_size       int   number of training samples (mnist1d default 10000, with a quarter as many test samples)
 --val-fraction     val_fraction     float held-out validation split carved from training data (0 = none)
 --model            model            str   model name (default: the dataset's; see `ies list`)
@@ -132,6 +132,9 @@ def add_run_args(p: argparse.ArgumentParser, *, resumable: bool = True) -> None:
                        help=hlp)
     g.add_argument("--augment", dest="augment", action=argparse.BooleanOptionalAction, default=None,
                    help="batched crop/flip/rotation for image data (test data is never augmented)")
+    g.add_argument("--task", choices=sorted(_TASK_DATASETS),
+                   help="segmentation or detection: the synthetic shapes dataset of that task unless --dataset names "
+                        "another of it (docs/dense.md); classification: the default")
     g.add_argument("--config", help="JSON file of RunConfig fields that sets defaults (flags override it)")
     g.add_argument("--allow-nonfinite", action="store_true",
                    help="keep training through an epoch whose training losses are all NaN/inf (default: stop)")
@@ -165,7 +168,25 @@ def resolve_config(args: argparse.Namespace, **overrides: Any):
             if v is not None:
                 base[k] = v
         base.update({k: v for k, v in overrides.items() if v is not None})
+        if getattr(args, "task", None) is not None:
+            base["dataset"] = _dataset_for_task(args.task, base.get("dataset"))
         return RunConfig.from_dict(base).resolved()
+
+
+_TASK_DATASETS = {"classification": "mnist1d", "segmentation": "seg-shapes", "detection": "det-shapes"}
+
+
+def _dataset_for_task(task: str, dataset: Optional[str]) -> str:
+    """The dataset ``--task`` implies, or ``dataset`` if it is of that task (CLIError otherwise)."""
+    from ..experiments.data import DATASET_INPUTS
+
+    if dataset is None:
+        return _TASK_DATASETS[task]
+    kind = DATASET_INPUTS.get(dataset)
+    if kind is not None and (kind if kind in ("segmentation", "detection") else "classification") != task:
+        same = [d for d, k in DATASET_INPUTS.items() if k == task] or ["mnist1d", "fashion-mnist", "cifar10"]
+        raise CLIError(f"--dataset {dataset} is not a {task} dataset; use one of {', '.join(same)} or drop --task")
+    return dataset
 
 
 def prepare_out(args: argparse.Namespace, command: str) -> Path:

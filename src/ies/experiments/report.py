@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .data import DATASET_INPUTS
 from .runs import environment, find_runs, load_run, run_label, save_run
 from .tables import table, write_json
 
@@ -88,6 +89,9 @@ def _median_or_none(xs: List[Optional[float]]) -> Optional[float]:
     return statistics.median(xs) if xs else None
 
 
+_METRICS = {"segmentation": "mIoU", "detection": "mAP50"}  # what test_acc holds for dense tasks (experiments/tasks.py)
+
+
 def aggregate(runs: List[Dict[str, Any]], baseline: Optional[str] = None) -> List[Dict[str, Any]]:
     """One row per label: accuracy mean ± std over seeds, savings, wall time and speedup vs ``baseline``."""
     groups = _group([r for r in runs if r["summary"] is not None])  # a run with no epoch done has nothing to add
@@ -115,6 +119,7 @@ def aggregate(runs: List[Dict[str, Any]], baseline: Optional[str] = None) -> Lis
             "best_test_acc_for_paper_comparison_only": statistics.fmean(
                 r["summary"]["best_test_acc_for_paper_comparison_only"] for r in rs),
             "saving_note": rs[0]["summary"].get("saving_note", ""),
+            "metric": _METRICS.get(DATASET_INPUTS.get(rs[0]["config"]["dataset"], ""), "acc"),
         }
         if all("val_chosen_test_acc" in r["summary"] for r in rs):
             row["val_chosen_test_acc_mean"] = statistics.fmean(r["summary"]["val_chosen_test_acc"] for r in rs)
@@ -124,7 +129,7 @@ def aggregate(runs: List[Dict[str, Any]], baseline: Optional[str] = None) -> Lis
 
 def format_table(rows: List[Dict[str, Any]], markdown: bool = False) -> str:
     """The side-by-side table (plain text for the terminal, or Markdown)."""
-    head = ["method", "final test acc (%)", "backprop saved", "compute saved", "train wall (s)", "speedup",
+    head = ["method", f"final test {rows[0].get('metric', 'acc') if rows else 'acc'} (%)", "backprop saved", "compute saved", "train wall (s)", "speedup",
             "limit", "seeds"]
     body = []
     for r in rows:
