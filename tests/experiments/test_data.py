@@ -566,3 +566,95 @@ def test_datafiles_does_not_import_data() -> None:
     code = "import sys, ies.experiments.datafiles; print('ies.experiments.data' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- issue 21: bounded reads
+
+
+def _peak_mib(fn) -> float:
+    """Peak Python-allocated MiB while ``fn`` runs (what a decompressed or unpickled payload would take)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    except ValueError:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def test_a_gzip_bomb_idx_is_refused_after_its_declared_bytes(tmp_path: Path) -> None:
+    p = tmp_path / "train-labels-idx1-ubyte.gz"
+    p.write_bytes(gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + bytes(200 << 20), 1))  # 200 MiB of zeros
+    assert p.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match="holds more than 10 bytes of data but its header says 10.*extra bytes"):
+        read_idx(p, 1)
+    assert _peak_mib(lambda: read_idx(p, 1)) < 5  # 200 MiB decompressed before issue 21
+
+
+def test_an_idx_header_declaring_more_than_its_file_can_hold_is_refused_unread(tmp_path: Path) -> None:
+    gz = tmp_path / "a.gz"
+    gz.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 100_000, 28, 28) + bytes(1000)))
+    with pytest.raises(ValueError, match="compressed bytes cannot hold them"):
+        read_idx(gz, 3)
+    big = tmp_path / "b"
+    big.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 2**31))
+    with pytest.raises(ValueError, match="over the 1,073,741,824 ies reads"):
+        read_idx(big, 1)
+    short = tmp_path / "c"
+    short.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 1_000_000, 28, 28) + bytes(10))
+    assert _peak_mib(lambda: read_idx(short, 3)) < 5  # the size mismatch is seen from stat, nothing read
+    with pytest.raises(ValueError, match="holds 10 bytes of data but its header says 784000000"):
+        read_idx(short, 3)
+
+
+def test_a_sparse_idx_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "train-images-idx3-ubyte"
+    with open(p, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 100_000, 28, 28))
+        f.truncate(16 + 100_000 * 784)  # 78 MB of holes in a 4 KB file
+    assert p.stat().st_blocks * 512 < 1 << 20, "this file system does not make sparse files"
+    with pytest.raises(ValueError, match="is a sparse file"):
+        read_idx(p, 3)
+
+
+def test_a_cifar_file_bigger_than_its_format_is_refused_unread(tmp_path: Path) -> None:
+    _fake_cifar10(tmp_path)
+    p = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    with open(p, "r+b") as f:
+        f.truncate(40 << 20)  # more than 10,000 images of 3072 bytes with labels and names
+    with pytest.raises(ValueError, match="data_batch_2 is 41,943,040 bytes, more than the 34,328,576"):
+        read_cifar("cifar10", str(tmp_path))
+
+
+def _memo_bomb(depth: int = 3, width: int = 1000) -> list:
+    x: list = [0] * width
+    for _ in range(depth - 1):
+        x = [x] * width  # shared references: a few KB of pickle, width**depth numbers as an array
+    return x
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    (b"data", _memo_bomb(), "holds data that are not arrays"),
+    (b"labels", _memo_bomb(), "not a flat list of numbers"),
+])
+def test_a_pickle_memo_bomb_is_refused_before_numpy_expands_it(tmp_path: Path, key, value, fragment) -> None:
+    _fake_cifar10(tmp_path)
+    p = tmp_path / "cifar-10-batches-py" / "test_batch"
+    d = load_pickle_restricted(p)
+    d[key] = value
+    _dump(p, d)
+    assert p.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=fragment):
+        read_cifar("cifar10", str(tmp_path))
+    assert _peak_mib(lambda: read_cifar("cifar10", str(tmp_path))) < 50  # 1e9 numbers (8 GB) before issue 21
+
+
+def test_a_pickle_calling_ndarray_to_allocate_is_refused(tmp_path: Path) -> None:
+    # GLOBAL numpy.ndarray, ((10**12,),) REDUCE: 40 bytes asking for a terabyte
+    p = tmp_path / "x.pkl"
+    p.write_bytes(b"cnumpy\nndarray\nI1000000000000\n\x85\x85R.")
+    with pytest.raises(ValueError, match="numpy.ndarray may appear only inside an array's own reconstruction"):
+        load_pickle_restricted(p)

@@ -27,15 +27,16 @@ The readers return plain tensors (:class:`FileSplits`); ``ies.experiments.data``
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
-import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from .safepickle import CIFAR_URL as _CIFAR_URL
+from .safepickle import load_pickle_restricted
 
 __all__ = [
     "FileSplits",
@@ -59,7 +60,6 @@ _CIFAR_STATS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
 class FileSplits(NamedTuple):
@@ -78,29 +78,23 @@ class FileSplits(NamedTuple):
 # ----------------------------------------------------------------------------- idx
 
 
-def read_idx(path: Union[str, Path], expected_ndim: Optional[int] = None) -> Tensor:
-    """Parse an IDX file (optionally gzipped) of unsigned bytes into a uint8 tensor.
+IDX_MAX_BYTES = 1 << 30  # the largest IDX payload read (Fashion-MNIST's biggest file holds 47 MB)
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand a stream by more than this (RFC 1951's longest match)
 
-    Raises ``ValueError`` naming ``path`` for a corrupt gzip stream, a bad magic number, a
-    header that ends early, or a payload that does not match the header's shape.
-    """
-    path = Path(path)
-    raw = path.read_bytes()  # a missing/unreadable file raises its own OSError
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise ValueError(
-                f"{path} is not a readable gzip file ({type(e).__name__}: {e}); the download is "
-                "corrupt or truncated, replace it with the original dataset file"
-            ) from None
-    if len(raw) < 4:
+
+def _gz_error(path: Path, e: BaseException) -> ValueError:
+    return ValueError(f"{path} is not a readable gzip file ({type(e).__name__}: {e}); the download is "
+                      "corrupt or truncated, replace it with the original dataset file")
+
+
+def _check_idx_magic(path: Path, head: bytes, expected_ndim: Optional[int]) -> int:
+    if len(head) < 4:
         raise ValueError(f"{path} is too short to be an IDX file; re-extract or re-download it")
     # Magic: two zero bytes, a type code (0x08 = unsigned byte), and the number of dims.
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    zero, dtype_code, ndim = struct.unpack(">HBB", head[:4])
     if zero != 0 or dtype_code != 0x08 or ndim < 1:
         raise ValueError(
-            f"{path} has bad IDX magic {raw[:4].hex()} (expected 0000 08 0N for unsigned bytes); "
+            f"{path} has bad IDX magic {head[:4].hex()} (expected 0000 08 0N for unsigned bytes); "
             "the file is corrupt or not an IDX file, replace it with the original dataset file"
         )
     if expected_ndim is not None and ndim != expected_ndim:
@@ -108,27 +102,64 @@ def read_idx(path: Union[str, Path], expected_ndim: Optional[int] = None) -> Ten
             f"{path} has {ndim} dims but {expected_ndim} were expected; "
             "check that image and label files are not swapped, or replace it with the original dataset file"
         )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(
-            f"{path} ends inside its IDX header ({len(raw)} of {header} bytes); "
-            "the file is truncated, replace it with the original dataset file"
-        )
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    return ndim
+
+
+def _check_idx_size(path: Path, shape: Tuple[int, ...], on_disk: int, gz: bool) -> int:
+    """The payload the header declares, refused before reading if no real file could hold it."""
     count = 1
     for d in shape:
         count *= d
-    have = len(raw) - header
+    if count > IDX_MAX_BYTES:
+        raise ValueError(f"{path}'s header declares shape {tuple(shape)} = {count:,} bytes, over the "
+                         f"{IDX_MAX_BYTES:,} ies reads; the header is corrupt, replace it with the original file")
+    if gz and count > _DEFLATE_MAX_RATIO * on_disk + 1024:
+        raise ValueError(f"{path}'s header declares {count:,} bytes but {on_disk:,} compressed bytes cannot hold "
+                         "them; the file is corrupt, replace it with the original dataset file")
+    return count
+
+
+def read_idx(path: Union[str, Path], expected_ndim: Optional[int] = None) -> Tensor:
+    """Parse an IDX file (optionally gzipped) of unsigned bytes into a uint8 tensor.
+
+    Raises ``ValueError`` naming ``path`` for a corrupt gzip stream, a bad magic number, a
+    header that ends early, or a payload that does not match the header's shape. The header
+    is read first and the payload it declares is checked against the file's size (and, for
+    gzip, what that many compressed bytes can expand to) before it is read, and no more than
+    it is ever decompressed: a gzip bomb or a sparse file never reaches memory.
+    """
+    path = Path(path)
+    st = path.stat()  # a missing/unreadable file raises its own OSError
+    gz = path.suffix == ".gz"
+    if not gz and st.st_size > (16 << 20) and st.st_blocks * 512 * 16 < st.st_size:
+        raise ValueError(f"{path} is a sparse file ({st.st_size:,} bytes, {st.st_blocks * 512:,} on disk): mostly "
+                         "holes, not a dataset; replace it with the original dataset file")
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        try:
+            head = f.read(4)
+            ndim = _check_idx_magic(path, head, expected_ndim)
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(
+                    f"{path} ends inside its IDX header ({4 + len(dims)} of {4 + 4 * ndim} bytes); "
+                    "the file is truncated, replace it with the original dataset file"
+                )
+            shape = struct.unpack(f">{ndim}I", dims)
+            count = _check_idx_size(path, shape, st.st_size, gz)
+            # the payload's size: from the file's size, or (gzip) by decompressing one byte more than declared
+            raw = f.read(count + 1) if gz or st.st_size - 4 - 4 * ndim == count else b""
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise _gz_error(path, e) from None
+    have = (len(raw) if len(raw) <= count else None) if gz else st.st_size - 4 - 4 * ndim
     if have != count:
-        what = "truncated" if have < count else "followed by extra bytes"
+        what = "truncated" if have is not None and have < count else "followed by extra bytes"
         raise ValueError(
-            f"{path} holds {have} bytes of data but its header says {count} (shape {tuple(shape)}); "
-            f"the file is {what}, replace it with the original dataset file"
+            f"{path} holds {'more than ' + str(count) if have is None else have} bytes of data but its header says "
+            f"{count} (shape {tuple(shape)}); the file is {what}, replace it with the original dataset file"
         )
     if count == 0:
         return torch.zeros(shape, dtype=torch.uint8)
-    buf = bytearray(raw[header:])  # writable copy, so torch does not warn
-    return torch.frombuffer(buf, dtype=torch.uint8).reshape(shape).clone()
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(shape).clone()
 
 
 # ----------------------------------------------------------------------------- fashion-mnist
@@ -222,7 +253,7 @@ def read_cifar(key: str, data_dir: Optional[str] = None) -> FileSplits:
     # is optional, but when present its label names must match the class count.
     meta_name, names_key = ("batches.meta", b"label_names") if key == "cifar10" else ("meta", b"fine_label_names")
     if (root / meta_name).is_file():
-        meta = load_pickle_restricted(root / meta_name)
+        meta = load_pickle_restricted(root / meta_name, max_bytes=1 << 20)
         if not isinstance(meta, dict):
             raise ValueError(f"{root / meta_name} holds a {type(meta).__name__}, not the {key} meta dict; {fix}")
         if names_key in meta and (not isinstance(meta[names_key], list) or len(meta[names_key]) != num_classes):
@@ -254,7 +285,9 @@ def _read_cifar_batch(path: Path, key: str, label_key: bytes, num_classes: int, 
     """One checked CIFAR batch: pixels ``(N, 3072)`` uint8 and labels ``(N,)`` int64."""
     import numpy as np
 
-    d = load_pickle_restricted(path)
+    # The format's size: 10,000 images a file (CIFAR-100's train: 50,000) of 3072 bytes, plus label and file name.
+    images = 50_000 if (key, path.name) == ("cifar100", "train") else 10_000
+    d = load_pickle_restricted(path, max_bytes=images * (3072 + 256) + (1 << 20))
     if not isinstance(d, dict):
         raise ValueError(f"{path} holds a {type(d).__name__}, not the dict of a {key} batch; {fix}")
     missing = [k for k in (b"data", label_key) if k not in d]
@@ -263,9 +296,17 @@ def _read_cifar_batch(path: Path, key: str, label_key: bytes, num_classes: int, 
             f"{path} lacks key(s) {', '.join(map(repr, missing))} (has {', '.join(map(repr, list(d)[:8]))}); "
             f"it is not a {key} python-version batch, {fix}"
         )
+    # Nested lists are refused before numpy sees them: a few hundred bytes of pickle memo references
+    # make a list of lists whose array would fill memory.
+    if not isinstance(d[b"data"], np.ndarray):
+        raise ValueError(f"{path} holds data that are not arrays (a {type(d[b'data']).__name__}, the format stores one "
+                         f"numpy array); {fix}")
+    raw_labels = d[label_key]
+    if isinstance(raw_labels, list) and not all(isinstance(v, (int, float)) for v in raw_labels):
+        raise ValueError(f"{path} has {label_key.decode()} that are not a flat list of numbers; {fix}")
     try:
         data = np.asarray(d[b"data"])
-        labels = np.asarray(d[label_key])
+        labels = np.asarray(raw_labels)
     except (ValueError, TypeError) as e:  # ragged lists and the like
         raise ValueError(f"{path} holds data or labels that are not arrays ({e}); {fix}") from None
     if data.ndim != 2 or data.shape[1] != 3072:
@@ -304,88 +345,3 @@ def _read_cifar_batch(path: Path, key: str, label_key: bytes, num_classes: int, 
     if not data.flags.writeable or not data.flags.c_contiguous:
         data = np.ascontiguousarray(data).copy()  # torch refuses to share read-only numpy memory
     return torch.from_numpy(data), torch.from_numpy(labels.astype(np.int64))
-
-
-# ----------------------------------------------------------------------------- restricted pickle
-
-# Everything the CIFAR python-version files reference by name: numpy's array reconstructor
-# (numpy < 2 pickles name numpy.core, numpy >= 2 numpy._core) with ndarray and dtype. Lists,
-# dicts, bytes, str and numbers need no global. Protocol-5 re-pickles name numeric._frombuffer
-# (an array from a byte buffer), and protocol <= 2 pickles written by Python 3 spell bytes as
-# _codecs.encode(str, "latin1"), answered by a latin-1-only stand-in. Anything else is refused.
-_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): ("multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): ("multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"): ("numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"): ("numeric", "_frombuffer"),
-    ("numpy", "ndarray"): ("", "ndarray"),
-    ("numpy", "dtype"): ("", "dtype"),
-}
-
-
-def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
-    """``_codecs.encode`` restricted to what pickle emits for bytes (latin-1 of a str)."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"_codecs.encode is admitted only as (str, 'latin1'), got encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _numpy_global(submodule: str, name: str) -> Any:
-    import importlib
-
-    import numpy as np
-
-    if not submodule:
-        return getattr(np, name)
-    # The private module moved from numpy.core to numpy._core in numpy 2; take whichever exists
-    # (numpy 2 still answers numpy.core, with a DeprecationWarning).
-    for mod in (f"numpy._core.{submodule}", f"numpy.core.{submodule}"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            continue
-    raise pickle.UnpicklingError(f"this numpy has no {submodule}.{name}")
-
-
-class _ForbiddenGlobal(ValueError):
-    """A pickle asked for a global outside the allow-list (the file may be crafted)."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, path: Path):
-        super().__init__(file, encoding="bytes")  # Python 2 str -> bytes, as the CIFAR page says
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode
-        where = _PICKLE_GLOBALS.get((module, name))
-        if where is None:
-            raise _ForbiddenGlobal(
-                f"{self._path} asks to load the Python global {module}.{name}, which a CIFAR data file "
-                "never contains (only numpy arrays, lists, dicts, bytes, str and numbers); refusing to "
-                f"unpickle it because it could run code. Replace the file with the original from {_CIFAR_URL}"
-            )
-        return _numpy_global(*where)
-
-
-def load_pickle_restricted(path: Union[str, Path]) -> Any:
-    """Unpickle ``path`` admitting only plain data and numpy arrays (the CIFAR file format).
-
-    A global outside that set (``os.system``, ``builtins.eval``, any class) is refused with a
-    ``ValueError`` naming the file and the global, before it is called; a corrupt or truncated
-    pickle is a ``ValueError`` naming the file.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        try:
-            return _RestrictedUnpickler(f, path).load()
-        except _ForbiddenGlobal:
-            raise
-        except Exception as e:  # UnpicklingError, EOFError, and whatever a mangled opcode stream raises
-            raise ValueError(
-                f"{path} is not a readable pickle ({type(e).__name__}: {e}); the file is corrupt or "
-                f"truncated, replace it with the original from {_CIFAR_URL}"
-            ) from None
