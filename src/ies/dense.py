@@ -16,10 +16,11 @@ infinite criterion until ``order + window`` finite losses follow, so it is **nev
 accident** (a 0 would look perfectly stable and be excluded at once). Do not backpropagate the
 NaN: reduce the batch with :func:`batch_mean`, which skips it (and passes it no gradient).
 
-Example:
-    >>> pix = F.cross_entropy(logits, mask, reduction="none", ignore_index=255)   # (B, H, W)
-    >>> per_image = per_sample_mean(pix, target=mask, ignore_index=255)          # (B,)
-    >>> loss = batch_mean(tracker.record(idx, per_image))
+In a training loop (recipes for segmentation and detectors: docs/dense.md)::
+
+    pix = F.cross_entropy(logits, mask, reduction="none", ignore_index=255)   # (B, H, W)
+    per_image = per_sample_mean(pix, target=mask, ignore_index=255)          # (B,)
+    loss = batch_mean(tracker.record(idx, per_image))
 """
 
 from __future__ import annotations
