@@ -17,13 +17,15 @@ the index's two low bits). Received bytes per rank:
 ``12 * W * max_r n_r`` ~ ``12 * (samples recorded this epoch)``; independent of ``N``.
 
 Example:
-    >>> dist.init_process_group("nccl")                  # or torchrun's env, gloo on CPU
+    >>> # under torchrun (not run here; tests/test_distributed.py runs 2 ranks):
+    >>> dist.init_process_group("nccl")  # doctest: +SKIP
     >>> tracker = DistributedIES(len(train_set))
     >>> loader = DataLoader(IndexedDataset(train_set), sampler=tracker.sampler(), batch_size=64)
+    >>> ddp_model = model                                # torch.nn.parallel.DistributedDataParallel(model) under torchrun
     >>> for epoch in range(epochs):
     ...     for idx, (x, y) in loader:
     ...         loss = tracker.record(idx, F.cross_entropy(ddp_model(x), y, reduction="none")).mean()
-    ...         ...
+    ...         opt.zero_grad(); loss.backward(); opt.step()
     ...     stats = tracker.end_epoch(ddp_model, train_set, nn.CrossEntropyLoss(reduction="none"))
 """
 
@@ -74,7 +76,8 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     through DDP's forward (which may broadcast buffers, a collective).
 
     Example:
-        >>> unwrap_model(torch.nn.parallel.DistributedDataParallel(net)) is net
+        >>> net = torch.nn.Linear(2, 2)
+        >>> unwrap_model(torch.nn.DataParallel(net)) is net    # DistributedDataParallel alike, under torchrun
         True
     """
     while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):

@@ -143,8 +143,9 @@ def probe_losses(
     measures the model, not the sampler. Recipes: docs/dense.md.
 
     Example:
-        >>> probe_losses(model, (x, y), torch.tensor([3, 7]), nn.CrossEntropyLoss(reduction="none"))
-        tensor([0.5612, 1.3815])
+        >>> losses = probe_losses(model, (x, y), torch.tensor([3, 7]), nn.CrossEntropyLoss(reduction="none"))
+        >>> torch.allclose(losses, F.cross_entropy(model.eval()(x[[3, 7]]), y[[3, 7]], reduction="none"))
+        True
     """
     if loss_fn is None and forward is None:
         raise ValueError("probe_losses needs loss_fn(outputs, targets) or forward(model, batch)")

@@ -8,10 +8,11 @@ next epoch and returns the epoch's statistics with a single host sync.
 Example:
     >>> tracker = IES(len(train_set))                       # δ-mode, the paper's rule
     >>> tracker = IES(len(train_set), target_saving=0.4, total_epochs=30)   # or: say the saving
+    >>> loader = DataLoader(IndexedDataset(train_set), sampler=tracker.sampler(), batch_size=64)
     >>> for epoch in range(epochs):
-    ...     for idx, (x, y) in loader:                      # loader uses tracker.sampler()
+    ...     for idx, (x, y) in loader:
     ...         loss = tracker.record(idx, F.cross_entropy(model(x), y, reduction="none")).mean()
-    ...         ...
+    ...         opt.zero_grad(); loss.backward(); opt.step()
     ...     stats = tracker.end_epoch(model, train_set, nn.CrossEntropyLoss(reduction="none"))
 """
 

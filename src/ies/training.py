@@ -16,11 +16,11 @@ Example:
     ...     sched.begin_epoch(steps_per_epoch(sampler, batch_size, accumulation_steps=accum), epoch)
     ...     for i, (idx, (x, y)) in enumerate(loader):
     ...         with mixed_precision("cpu"):
-    ...             losses = ies.record(idx, F.cross_entropy(model(x), y, reduction="none"))
+    ...             losses = tracker.record(idx, F.cross_entropy(model(x), y, reduction="none"))
     ...         (losses.mean() / accum).backward()
     ...         if is_accumulation_boundary(i, accum, len(loader)):
     ...             opt.step(); opt.zero_grad(); sched.step()
-    ...     ies.end_epoch(model, train_set, loss_fn)
+    ...     stats = tracker.end_epoch(model, train_set, loss_fn)
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def split_micro_batches(batch: Any, num_micro_batches: int) -> List[Any]:
 
     Example:
         >>> for idx, (x, y) in split_micro_batches(batch, 4):   # batch = (idx, (x, y))
-        ...     ies.record(idx, F.cross_entropy(model(x), y, reduction="none"))
+        ...     _ = tracker.record(idx, F.cross_entropy(model(x), y, reduction="none"))
     """
     if not isinstance(num_micro_batches, int) or num_micro_batches < 1:
         raise ValueError(f"num_micro_batches must be an int >= 1, got {num_micro_batches!r}")
@@ -135,7 +135,7 @@ def mixed_precision(device: Union[str, torch.device], dtype: Optional[torch.dtyp
     Example:
         >>> with mixed_precision("cpu"):
         ...     losses = F.cross_entropy(model(x), y, reduction="none")
-        >>> ies.record(idx, losses)     # stored as float32
+        >>> _ = tracker.record(idx, losses)     # as they are; the tracker stores float32
     """
     dev = torch.device(device)
     if dtype is None:

@@ -7,8 +7,9 @@ Each analysis writes ``<what>.png``, ``<what>.csv`` (the plotted numbers, per ep
 
 Example:
     >>> base = RunConfig(dataset="mnist1d", train_size=2000, epochs=30).resolved()
-    >>> data = load_run_data(base)
-    >>> index = run_analyses("gradnorm", base=base, data=data, out=Path("runs/gn"), command="(from code)")
+    >>> # not run here (30 epochs of training); tests/analyses runs ies analyze at a tiny size:
+    >>> data = load_run_data(base)  # doctest: +SKIP
+    >>> index = run_analyses("gradnorm", base=base, data=data, out=Path("runs/gn"), command="(from code)")  # doctest: +SKIP
 """
 
 from __future__ import annotations

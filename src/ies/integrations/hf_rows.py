@@ -33,7 +33,10 @@ def per_sample_loss(logits: Tensor, labels: Tensor, loss_type: str = "classifica
     not ``ignore_index`` (padding); a sample with none gets 0.
 
     Example:
-        >>> per_sample_loss(lm_logits, labels, "causal_lm")   # == model(ids, labels=row).loss per row
+        >>> logits = torch.zeros(2, 4, 10)                   # (B, T, V): uniform next-token predictions
+        >>> labels = torch.tensor([[1, 2, 3, -100], [4, 5, 6, 7]])
+        >>> per_sample_loss(logits, labels, "causal_lm")     # ln 10 over each row's labelled tokens
+        tensor([2.3026, 2.3026])
     """
     if loss_type not in LOSS_TYPES[1:]:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES[1:]}, got {loss_type!r}")

@@ -29,11 +29,20 @@ Epoch lengths: the Trainer plans the run (``max_steps``, the schedule) from the
 full-data length, as for a run without IES. How each epoch gets its real length, and
 the check that it did, per transformers version: :mod:`ies.integrations._compat`.
 
-Example:
-    >>> train = [{"input_ids": ids, "attention_mask": mask, "labels": y} for ids, mask, y in rows]
-    >>> trainer = IESTrainer(model=model, args=TrainingArguments("out", num_train_epochs=10),
-    ...                      train_dataset=train, ies_kwargs={"target_saving": 0.4})
-    >>> trainer.train()                                   # or train(resume_from_checkpoint=True)
+Example (a tiny BERT built from its config, no download):
+    >>> from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+    >>> model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+    ...                                                  num_attention_heads=2, intermediate_size=32, num_labels=2))
+    >>> ids = torch.randint(1, 64, (64, 8))
+    >>> train = [{"input_ids": r, "attention_mask": torch.ones(8, dtype=torch.long), "labels": int(r[0] < 32)}
+    ...          for r in ids]                            # rows as the Trainer takes them; no index column
+    >>> args = TrainingArguments("out", num_train_epochs=10, per_device_train_batch_size=8, use_cpu=True,
+    ...                          report_to="none", save_strategy="no", disable_tqdm=True)
+    >>> trainer = IESTrainer(model=model, args=args, train_dataset=train, ies_kwargs={"target_saving": 0.3})
+    >>> _ = trainer.train()                               # or train(resume_from_checkpoint=True); prints its logs
+    {...}
+    >>> round(trainer.ies_callback.summary["backprop_saved"], 2)
+    0.3
 """
 
 from __future__ import annotations
@@ -184,9 +193,7 @@ class IESTrainer(_compat.TrainerEpochHooks, Trainer):
         rescale_lr_schedule: drive the Trainer-created LR schedule by epoch progress.
         probe_batch_size: probe-pass batch size (default ``per_device_eval_batch_size``).
 
-    Example:
-        >>> trainer = IESTrainer(model=model, args=args, train_dataset=train, ies_kwargs={"target_saving": 0.4})
-        >>> trainer.train(); trainer.ies_callback.summary["backprop_saved"]
+    Example: the module's (:mod:`ies.integrations.huggingface`).
     """
 
     def __init__(

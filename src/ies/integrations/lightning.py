@@ -29,18 +29,29 @@ tracker is ``callback.tracker``. Only public Lightning API is used (callback hoo
 ``trainer.world_size``/``global_rank``/``num_training_batches``/``train_dataloader``/
 ``precision_plugin``/``loggers``, ``trainer.should_stop``).
 
-Example:
-    >>> ies_cb = IESCallback(len(train_set), loss_fn=nn.CrossEntropyLoss(reduction="none"), target_saving=0.4)
+Example (``train_set``: a map-style dataset of ``(x, y)``; with a DataModule see :func:`ies_sampler`):
+    >>> import lightning.pytorch as L
+    >>> from ies import IndexedDataset
+    >>> ies_cb = IESCallback(loss_fn=nn.CrossEntropyLoss(reduction="none"), target_saving=0.3)
     >>> class Model(L.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.net = nn.Linear(8, 2)
+    ...     def forward(self, x):
+    ...         return self.net(x)
     ...     def train_dataloader(self):
-    ...         return DataLoader(IndexedDataset(train_set), sampler=ies_cb.sampler(), batch_size=64)
-    ...     def configure_optimizers(self):
-    ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+    ...         return DataLoader(IndexedDataset(train_set), sampler=ies_cb.sampler(train_set), batch_size=64)
     ...     def training_step(self, batch, batch_idx):
     ...         idx, (x, y) = batch
     ...         return ies_output(idx, F.cross_entropy(self(x), y, reduction="none"))
-    >>> L.Trainer(max_epochs=30, callbacks=[ies_cb], reload_dataloaders_every_n_epochs=1,
-    ...           use_distributed_sampler=False).fit(Model())
+    ...     def configure_optimizers(self):
+    ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+    >>> trainer = L.Trainer(max_epochs=10, callbacks=[ies_cb], reload_dataloaders_every_n_epochs=1,
+    ...                     use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+    ...                     enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(Model())
+    >>> ies_cb.summary["epochs_run"], round(ies_cb.summary["backprop_saved"], 2)
+    (10, 0.3)
 """
 
 from __future__ import annotations
@@ -379,6 +390,8 @@ def ies_sampler(trainer: Any, train_set: Any, **kwargs: Any) -> ActiveSampler:
     ``num_samples`` learns the size here, after ``setup()`` made the data.
 
     Example:
+        >>> import lightning.pytorch as L
+        >>> from ies import IndexedDataset
         >>> class Data(L.LightningDataModule):
         ...     def setup(self, stage):
         ...         self.train_set = make_train_set()
