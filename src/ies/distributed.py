@@ -41,7 +41,8 @@ from .accounting import COUNTS, EpochStats
 from .probing import probe_losses
 from .tracker import IES
 
-__all__ = ["DistributedIES", "all_gather_records", "merge_records", "world_info", "unwrap_model", "config_digest"]
+__all__ = ["DistributedIES", "all_gather_records", "merge_records", "world_info", "unwrap_model", "config_digest",
+           "state_digest"]
 
 
 def world_info(group: Any = None) -> Tuple[int, int]:
@@ -159,6 +160,18 @@ def config_digest(config: Any, num_samples: int, seed: Optional[int]) -> Tuple[i
     return zlib.crc32(text), int(num_samples), -1 if seed is None else int(seed)
 
 
+def state_digest(tracker: IES) -> Tuple[int, int, int]:
+    """What ranks resumed from one checkpoint share: the epoch, the excluded count, a CRC of the state's sums."""
+    ex = tracker.excluded
+    place = torch.arange(1, ex.numel() + 1, device=ex.device, dtype=torch.float64)
+    hist = torch.nan_to_num(tracker.history.double(), nan=0.5, posinf=1.5, neginf=-1.5)
+    sums = (float((place * ex).sum()), int(tracker.count.sum()), float(hist.sum()), float((hist * place[:, None]).sum()))
+    return int(tracker.epoch), int(ex.sum()), zlib.crc32(repr(sums).encode())
+
+
+_DIGEST_PARTS = ("rule settings", "dataset size", "sampler seed", "epoch", "excluded count", "saved state")
+
+
 class DistributedIES(IES):
     """:class:`~ies.IES` whose state stays identical on every rank.
 
@@ -168,10 +181,13 @@ class DistributedIES(IES):
     every rank. Without an initialized process group it behaves exactly like the
     single-process tracker.
 
-    At the first merge the ranks compare a digest of the rule settings, the dataset size
-    and the sampler seed and raise ``ValueError`` on a mismatch (instead of silently
-    leaving samples untrained, or diverging until the process group times out). The time
-    a collective may wait is the process group's: ``init_process_group(timeout=...)``.
+    When the sampler is built and at the first merge after it (or after a ``load_state_dict``)
+    the ranks compare a digest of the rule settings, the dataset size, the sampler seed and
+    the state (epoch, excluded count, a hash of the state: ranks that resumed from different
+    checkpoints, or one resumed and one fresh) and raise ``ValueError`` naming the ranks that
+    differ (instead of silently leaving samples untrained, training on unequal shards, or
+    diverging until the process group times out). The time a collective may wait is the
+    process group's: ``init_process_group(timeout=...)``.
 
     The epoch's counters (``trained``, ``backpropagated``, ``probed``) in the returned
     :class:`~ies.EpochStats` are summed over ranks, so they include the few samples the
@@ -188,6 +204,7 @@ class DistributedIES(IES):
         self._synced = dict(self.books.epoch)  # global counts at the last merge this epoch
         self._sampler_seed: Optional[int] = None
         self._digest_checked = False
+        self._loaded_unchecked = False  # a state was loaded here since the ranks last compared digests
 
     def __setstate__(self, state: dict) -> None:
         # torch.multiprocessing (mp.spawn, Lightning's ddp_spawn) pickles CPU tensors into
@@ -213,6 +230,8 @@ class DistributedIES(IES):
         kwargs.setdefault("num_replicas", world)
         kwargs.setdefault("rank", rank)
         self._sampler_seed = int(kwargs.get("seed", 0))
+        if world > 1 and not self._digest_checked:  # every rank builds its sampler: refuse before unequal shards
+            self._check_digest()
         return super().sampler(**kwargs)
 
     def sync(self) -> None:
@@ -224,16 +243,19 @@ class DistributedIES(IES):
         self._sync_pending()
 
     def _check_digest(self) -> None:
-        mine = torch.tensor(config_digest(self.config, self.num_samples, self._sampler_seed), dtype=torch.int64)
+        mine = torch.tensor((*config_digest(self.config, self.num_samples, self._sampler_seed), *state_digest(self)),
+                            dtype=torch.int64)
         _, _, _, all_digests = all_gather_records(torch.zeros(0, dtype=torch.int64), torch.zeros(0), self.group,
                                                   extra=mine)
         rows = [tuple(r) for r in all_digests.tolist()]
         if any(r != rows[0] for r in rows):
-            what = [name for j, name in enumerate(("rule settings", "dataset size", "sampler seed"))
-                    if len({r[j] for r in rows}) > 1]
-            raise ValueError(f"DistributedIES ranks disagree on the {', '.join(what)} (per rank: {rows}); build the "
-                             "tracker and its sampler with the same arguments and seed on every rank")
-        self._digest_checked = True
+            what = [name for j, name in enumerate(_DIGEST_PARTS) if len({r[j] for r in rows}) > 1]
+            differ = [i for i, r in enumerate(rows) if r != rows[0]]
+            fix = ("load the same checkpoint on every rank (or none)" if what[0] in _DIGEST_PARTS[3:] else
+                   "build the tracker and its sampler with the same arguments and seed on every rank")
+            raise ValueError(f"DistributedIES ranks disagree on the {', '.join(what)}: rank(s) {differ} differ from "
+                             f"rank 0 (per rank: {rows}); {fix}")
+        self._digest_checked, self._loaded_unchecked = True, False
 
     def _sync_pending(self) -> None:
         world, _ = world_info(self.group)
@@ -246,7 +268,8 @@ class DistributedIES(IES):
         # Kind travels in the two low bits of the int64 index: exact, and no extra gather.
         wire = local_idx * 4 + trained[local_idx].long() + 2 * probed[local_idx].long()
         delta = [self.books.epoch[k] - self._synced[k] for k in COUNTS]
-        extra = torch.tensor([*(int(round(d)) for d in delta), int(bool(self._records.bad))], dtype=torch.int64)
+        extra = torch.tensor([*(int(round(d)) for d in delta), int(bool(self._records.bad)),
+                              int(self._loaded_unchecked)], dtype=torch.int64)
         wire, val, _, extras = all_gather_records(wire, self.pending[local_idx], self.group, extra=extra)
         idx, kind = wire // 4, wire % 4
         first, val = merge_records(idx, val)
@@ -258,8 +281,10 @@ class DistributedIES(IES):
         for k, d in zip(COUNTS, sums):
             self.books.epoch[k] = self._synced[k] + d
         self._synced = dict(self.books.epoch)
-        if sums[-1]:
+        if sums[len(COUNTS)]:
             self._records.bad = torch.ones((), dtype=torch.bool, device=self.device)
+        if sums[-1]:  # a rank loaded a state since the last check: every rank saw the flag, so all compare
+            self._check_digest()
 
     def step(self) -> EpochStats:
         """Merge all ranks' records (one gather), then :meth:`IES.step` on each rank."""
@@ -269,6 +294,7 @@ class DistributedIES(IES):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        self._loaded_unchecked = True  # ranks compare the loaded state at the next sampler or merge
         self._synced = dict(self.books.epoch)
 
     def probe(self, model: torch.nn.Module, data: Any, loss_fn: Optional[Callable[..., Tensor]] = None,
