@@ -323,7 +323,7 @@ def test_end_epoch_scores_excluded_with_a_model() -> None:
 # --------------------------------------------------------------------------- history ring
 @pytest.mark.parametrize("dense", [False, True])
 def test_history_ring_matches_a_plain_shift(dense: bool) -> None:
-    """The ring buffer (sparse fix-up on CPU, dense where-path elsewhere) behaves like the
+    """The ring buffer (CPU all-got shortcut, else the bitwise select) behaves like the
     plain per-row shift of an (N, H) history, with and without missing samples."""
     n, h = 7, 4
     tr = IES(n, order=1, window=2, m=1)
@@ -341,8 +341,7 @@ def test_history_ring_matches_a_plain_shift(dense: bool) -> None:
         shifted = torch.cat([plain[:, 1:], vals.unsqueeze(1)], dim=1)
         plain = torch.where(got.unsqueeze(1), shifted, plain)
         tr._commit(tr.pending_mask, dense=dense)
-        tr.pending.fill_(float("nan"))
-        tr.train_records.zero_()
+        tr._records.reset()
         assert torch.allclose(tr.history, plain, equal_nan=True, rtol=0, atol=0), e
 
 

@@ -39,24 +39,30 @@ class RingHistory:
     def commit(self, values: Tensor, got: Tensor, dense: Optional[bool] = None) -> None:
         """Append ``values`` to the history of the samples in ``got``; the others keep theirs.
 
-        The ring turns by one column: the oldest column becomes the newest. Samples without a
-        loss this epoch get their own history written back, shifted by one slot (on CPU a
-        sparse fix-up of the usually few such samples; elsewhere a dense ``where`` with no
-        host sync).
+        The ring turns by one column: the oldest column becomes the newest. When every sample
+        got a loss (checked on CPU, where the check is cheap) that is one column write.
+        Otherwise samples without a loss get their own history written back, shifted by one
+        slot: a select per column done with integer ops on the float32 bits (exact for NaN
+        and inf, no host sync, and on CPU ~10x cheaper than ``torch.where`` on floats).
+        ``dense=True`` skips the CPU check.
         """
         ring, h, head = self.ring, self.ring.shape[0], self.head
         if dense is None:
             dense = ring.device.type != "cpu"
-        if not dense:
-            miss = torch.nonzero(~got).flatten()
-            saved = ring.index_select(1, miss) if miss.numel() else None
+        if not dense and bool(got.all()):
             ring[head].copy_(values)
-            if saved is not None:
-                ring.index_copy_(1, miss, saved.roll(1, 0))
         else:  # new slot p = got ? slot p : old slot p - 1
-            oldest = ring[head].clone()
-            ring[head] = torch.where(got, values, ring[(head - 1) % h])
+            bits, m = ring.view(torch.int32), got.to(torch.int32).neg_()  # m: all ones where got
+            oldest = bits[head].clone()
+            _select(bits[head], values.contiguous().view(torch.int32), bits[(head - 1) % h], m)
             for p in range(head - 1, head - h + 1, -1):
-                ring[p % h] = torch.where(got, ring[p % h], ring[(p - 1) % h])
-            ring[(head + 1) % h] = torch.where(got, ring[(head + 1) % h], oldest)
+                _select(bits[p % h], bits[p % h], bits[(p - 1) % h], m)
+            _select(bits[(head + 1) % h], bits[(head + 1) % h], oldest, m)
         self.head = (head + 1) % h
+
+
+def _select(out: Tensor, a: Tensor, b: Tensor, m: Tensor) -> None:
+    """``out = m ? a : b`` bitwise (``m`` all ones or zero per entry); ``out`` may be ``a``, not ``b``."""
+    t = torch.bitwise_xor(a, b)
+    t &= m
+    torch.bitwise_xor(t, b, out=out)

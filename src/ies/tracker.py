@@ -52,11 +52,14 @@ class _EpochRecord:
         if tracker is None:
             return self
         tracker._records.flush()
+        if self.field == "pending":  # the caller may write into it: step() counts non-finite losses exactly
+            tracker._records.maybe_nonfinite = True
         return getattr(tracker._records, self.field)
 
     def __set__(self, tracker: Any, value: Tensor) -> None:
         tracker._records.flush()
         setattr(tracker._records, self.field, value)
+        tracker._records.maybe_nonfinite = True
 
 
 class IES:
@@ -127,8 +130,8 @@ class IES:
         self._records.add(idx, val, kind)  # checked and written at the epoch's first read (see ies.records)
 
     pending = _EpochRecord("pending", "This epoch's recorded losses ``(N,)`` float32 (NaN where none).")
-    train_records = _EpochRecord("train", "How many training losses each sample got this epoch ``(N,)`` int16.")
-    probe_records = _EpochRecord("probe", "How many probe losses each sample got this epoch ``(N,)`` int16.")
+    train_records = _EpochRecord("train", "Training losses each sample got this epoch ``(N,)`` int16: 0, 1, 2 (more).")
+    probe_records = _EpochRecord("probe", "Probe losses each sample got this epoch ``(N,)`` int16: 0, 1, 2 (more).")
 
     def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None) -> Tensor:
         """Record the per-sample training losses of a batch; returns ``losses`` (weighted with ``keep_fraction``).
@@ -169,7 +172,8 @@ class IES:
     @property
     def pending_mask(self) -> Tensor:
         """Bool ``(N,)``: samples with a loss recorded this epoch (trained or probed)."""
-        return (self.train_records > 0) | (self.probe_records > 0)
+        self._records.flush()
+        return self._records.flags.bool()
 
     def active_indices(self) -> Tensor:
         return torch.nonzero(~self.excluded).flatten()
@@ -198,8 +202,9 @@ class IES:
             due = self.excluded & (self.probe_due <= e)
         else:
             due = self.excluded & staggered_due(torch.arange(self.num_samples, device=self.device), e, c.probe_every)
-        missed = ~self.excluded & (self.train_records == 0)
-        return torch.nonzero((due | missed) & (self.probe_records == 0)).flatten()
+        self._records.flush()
+        missed = ~self.excluded & ~self._records.has("train")
+        return torch.nonzero((due | missed) & ~self._records.has("probe")).flatten()
 
     def criterion(self) -> Tensor:
         """Current criterion value per sample ``(N,)`` (``inf`` where not yet judged)."""
@@ -267,10 +272,10 @@ class IES:
         if bool(self._records.bad):
             raise ValueError("an earlier record() call had an index out of range or a duplicate index; "
                              f"indices must be unique per batch and in 0..{self.num_samples - 1}")
-        trained, probed = self.train_records > 0, self.probe_records > 0
-        got = trained | probed
+        rec = self._records
+        got, probed = rec.flags.bool(), rec.has("probe")
         # Samples that got a loss shift it in; others keep their history unchanged (paper's code).
-        self._commit(got)
+        self._history.commit(rec.pending, got)
         self.count.add_(got)
         was = self.excluded
         annealing = c.anneal_start is not None and self.epoch + 1 >= c.anneal_start
@@ -282,13 +287,11 @@ class IES:
         else:  # (a state saved with removal and loaded with threshold 0 brings everyone back)
             mastered = nxt = torch.zeros_like(was)
         self._update_counters(was, nxt, probed)
-        flags = torch.stack([  # one reduction and the one host sync of the epoch
-            was, mastered, was & nxt, nxt, got & ~torch.isfinite(self.pending),
-            (self.train_records > 1) | (self.probe_records > 1), was & trained, trained, got])
-        n_excl, n_mast, n_both, n_next, n_nonfinite, n_twice, n_while_excl, n_trained, n_got = flags.sum(1).tolist()
-        stats = self._close(nxt, n_excl, n_mast, n_next - n_both, n_excl - n_both, n_next, n_nonfinite, n_twice,
-                            n_while_excl, self.num_samples - n_excl - n_trained + n_while_excl, n_got)
-        self._records.reset()
+        t = rec.tally(was, mastered, nxt)  # the epoch's counts: one bincount, the one host sync of the epoch
+        n_excl, n_next, n_both, n_while = t["excluded"], t["next"], t["both"], t["while_excluded"]
+        stats = self._close(nxt, n_excl, t["mastered"], n_next - n_both, n_excl - n_both, n_next, t["nonfinite"],
+                            t["twice"], n_while, self.num_samples - n_excl - t["trained"] + n_while, t["got"])
+        rec.reset()
         return stats
 
     def _update_counters(self, was: Tensor, nxt: Tensor, probed: Tensor) -> None:
@@ -300,7 +303,8 @@ class IES:
                 first=c.probe_every, cap=c.probe_max_interval)
         self.times_excluded.add_(nxt)
         self.times_reincluded.add_(was & ~nxt)
-        self.first_mastered.masked_fill_(nxt & (self.first_mastered < 0), self.epoch + 1)
+        first = (nxt & (self.first_mastered < 0)).to(self.first_mastered.dtype)  # arithmetic: masked_fill is slow on CPU
+        self.first_mastered += first * (self.epoch + 1 - self.first_mastered)
 
     def _close(self, nxt: Tensor, n_excl: int, n_mast: int, n_new: int, n_back: int, n_next: int, n_nonfinite: int,
                n_twice: int, n_while_excl: int, n_unrec: int, n_got: int) -> EpochStats:
