@@ -189,3 +189,80 @@ def test_single_process_is_the_plain_tracker():
     assert unwrap_model(torch.nn.DataParallel(net)) is net
     with pytest.raises(ValueError, match="int64"):
         all_gather_records(torch.tensor([1.0]), torch.tensor([1.0]))
+
+
+# ----------------------------------------------------------------- bytes on the wire
+META_BYTES = 8 * (1 + 4 + 1 + 1)  # per merge: pair count, 4 counter deltas, the bad-record and state-loaded flags
+DIGEST_BYTES = 8 * (1 + 6)  # once per tracker: pair count (0), rule CRC, dataset size, sampler seed, state digest (3)
+
+
+class _SendCounter:
+    """Wraps ``dist.all_gather``: bytes of the tensor this rank sends in each call, while ``on``."""
+
+    def __init__(self) -> None:
+        self.orig, self.sent, self.on = dist.all_gather, [], True
+        dist.all_gather = self
+
+    def __call__(self, out, tensor, *args, **kwargs):
+        if self.on:
+            self.sent.append(tensor.numel() * tensor.element_size())
+        return self.orig(out, tensor, *args, **kwargs)
+
+    def take(self) -> list:
+        out, self.sent = self.sent, []
+        return out
+
+
+def _max_over_ranks(n: int, counter: _SendCounter, world: int) -> int:
+    counter.on = False
+    got = _gather(torch.tensor([n]), world)
+    counter.on = True
+    return max(int(t) for t in got)
+
+
+def _merge_bytes(pairs: int) -> list:
+    """What one merge sends per rank: metadata, then (if any rank has pairs) indices and losses."""
+    return [META_BYTES] + ([8 * pairs, 4 * pairs] if pairs else [])
+
+
+def _check_bytes_per_epoch(rank: int, world: int) -> None:
+    """Engine order (records, probe(), step()): each merge sends only the pairs recorded since the last."""
+    counter = _SendCounter()
+    try:
+        dataset = TensorDataset(torch.arange(N))
+        model = torch.nn.Linear(1, 1)
+        ies = DistributedIES(N, **RULE)
+        total_own = total_sent = 0
+        for e in range(EPOCHS):
+            loader = DataLoader(IndexedDataset(dataset), sampler=ies.sampler(shuffle=True, seed=3), batch_size=BS)
+            trained = set()
+            for idx, (x,) in loader:
+                ies.record(idx, loss_of(x, e))
+                trained.update(idx.tolist())
+            model.epoch_for_test = e
+            probed = ies.probe(model, dataset, forward=score_forward, batch_size=5)
+            ies.step()
+            sent = counter.take()
+            want = ([DIGEST_BYTES] if e == 0 else []) + _merge_bytes(_max_over_ranks(len(trained), counter, world))
+            want += _merge_bytes(_max_over_ranks(probed, counter, world))
+            assert sent == want, (e, sent, want)  # the gathers and their sizes, in order
+            total_own += 12 * (len(trained) + probed)
+            total_sent += sum(sent)
+        # all of it: own pairs once (x 12 bytes), padded to the largest rank, plus 96 bytes of metadata per epoch
+        assert total_sent <= total_own + EPOCHS * (2 * META_BYTES + 12 * 2) + DIGEST_BYTES
+    finally:
+        dist.all_gather = counter.orig
+
+
+def _bytes_worker(rank: int, world: int, tmpdir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmpdir}/pg", rank=rank, world_size=world)
+    try:
+        _check_bytes_per_epoch(rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_each_merge_sends_only_new_records(tmp_path):
+    mp.spawn(_bytes_worker, args=(2, str(tmp_path)), nprocs=2, join=True)

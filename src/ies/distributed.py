@@ -119,7 +119,10 @@ def all_gather_records(indices: Tensor, losses: Tensor, group: Any = None, *,
     dist.all_gather(metas, meta, group=group)
     metas_t = torch.stack(metas).cpu()  # (W, 1 + E): one small host sync
     counts = metas_t[:, 0].tolist()
-    width = max(max(counts), 1)
+    width = max(counts)
+    if width == 0:  # no rank has pairs: the counters were all there was to send
+        empty = torch.zeros(0, dtype=torch.int64, device=indices.device)
+        return empty, torch.zeros(0, dtype=torch.float32, device=indices.device), empty.clone(), metas_t[:, 1:]
     pad = width - idx.numel()
     if pad:
         idx = torch.cat([idx, torch.full((pad,), -1, dtype=torch.int64, device=dev)])
@@ -263,26 +266,23 @@ class DistributedIES(IES):
             return
         if not self._digest_checked:
             self._check_digest()
-        trained, probed = self.train_records > 0, self.probe_records > 0
-        local_idx = torch.nonzero(trained | probed).flatten()
+        rec = self._records
+        local_idx = rec.unsynced()  # only what was recorded here since the last merge
         # Kind travels in the two low bits of the int64 index: exact, and no extra gather.
-        wire = local_idx * 4 + trained[local_idx].long() + 2 * probed[local_idx].long()
+        wire = local_idx * 4 + rec.has("train")[local_idx].long() + 2 * rec.has("probe")[local_idx].long()
         delta = [self.books.epoch[k] - self._synced[k] for k in COUNTS]
-        extra = torch.tensor([*(int(round(d)) for d in delta), int(bool(self._records.bad)),
-                              int(self._loaded_unchecked)], dtype=torch.int64)
-        wire, val, _, extras = all_gather_records(wire, self.pending[local_idx], self.group, extra=extra)
+        extra = torch.tensor([*(int(round(d)) for d in delta), int(bool(rec.bad)), int(self._loaded_unchecked)],
+                             dtype=torch.int64)
+        wire, val, _, extras = all_gather_records(wire, rec.pending[local_idx], self.group, extra=extra)
         idx, kind = wire // 4, wire % 4
-        first, val = merge_records(idx, val)
-        self.pending.fill_(float("nan"))
-        self.pending[first] = val.to(self.pending.dtype)
-        self.train_records.zero_().index_fill_(0, idx[(kind & 1) > 0], 1)
-        self.probe_records.zero_().index_fill_(0, idx[(kind & 2) > 0], 1)
+        first, val = merge_records(idx, val)  # the lowest rank's loss wins; a new loss replaces a merged one
+        rec.merge_in(first, val, idx[(kind & 1) > 0], idx[(kind & 2) > 0])
         sums = extras.sum(0).tolist()
         for k, d in zip(COUNTS, sums):
             self.books.epoch[k] = self._synced[k] + d
         self._synced = dict(self.books.epoch)
         if sums[len(COUNTS)]:
-            self._records.bad = torch.ones((), dtype=torch.bool, device=self.device)
+            rec.bad = torch.ones((), dtype=torch.bool, device=self.device)
         if sums[-1]:  # a rank loaded a state since the last check: every rank saw the flag, so all compare
             self._check_digest()
 
@@ -293,8 +293,9 @@ class DistributedIES(IES):
         return stats
 
     def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+        super().load_state_dict(state)  # every rank loads the same state: its records are merged already
         self._loaded_unchecked = True  # ranks compare the loaded state at the next sampler or merge
+        self._records.mark_synced()
         self._synced = dict(self.books.epoch)
 
     def probe(self, model: torch.nn.Module, data: Any, loss_fn: Optional[Callable[..., Tensor]] = None,
