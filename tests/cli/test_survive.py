@@ -306,3 +306,28 @@ def test_a_21_digit_integer_threshold_is_a_number():
     from ies import IES
 
     assert IES(10, threshold=10**20).config.threshold == 1e20  # compared as a float, no OverflowError
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 0.5])
+def test_a_kill_right_after_start_leaves_a_folder_that_resumes_or_starts_fresh(delay, tmp_path):
+    """SIGKILL within milliseconds of the folder appearing: config.json is whole or absent, never empty."""
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    argv = ["train", "--epochs", "2", "--train-size", "120", "-q"]
+    child = subprocess.Popen([sys.executable, "-m", "ies", *argv, "--out", str(out)], stderr=subprocess.DEVNULL,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while not out.exists() and child.poll() is None:
+        time.sleep(0.001)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    cfg = out / "config.json"
+    if cfg.exists():
+        assert json.loads(cfg.read_text())["config"]["epochs"] == 2  # whole, never 0 bytes
+        assert main(["train", "--resume", str(out), "-q"]) == 0
+    else:
+        assert main([*argv, "--out", str(out)]) == 0  # the lock file alone does not make it "not empty"
+    assert _status(out)["status"] == "complete" and not list(out.glob(".*.tmp"))
