@@ -2,19 +2,24 @@
 
 Each rank trains its shard of the active set and records the losses it sees.
 :class:`DistributedIES` merges them before the probe pass and again at the start of
-``step()``, each time with a sparse all-gather of the epoch's recorded ``(index, loss)`` pairs: indices travel as
-int64 in their own tensor and losses as float32 in another, so nothing is rounded (a
-float carrier would corrupt indices above 2**24, or above 256 with bf16). Every rank
-then holds the same pending losses and applies the same rule to the same history, so
-all ranks derive the same mastered set without a broadcast. The probe pass of
-samples to probe is split across ranks (rank ``r`` probes ``indices_to_probe()[r::W]``)
-and merged by the same gather.
+``step()``, each time with a sparse all-gather of the ``(index, loss)`` pairs recorded on the
+rank since the last merge (a bit in the record flags marks what a merge has already sent):
+indices travel as int64 in their own tensor and losses as float32 in another, so nothing is
+rounded (a float carrier would corrupt indices above 2**24, or above 256 with bf16). Every rank
+then holds the same pending losses and applies the same rule to the same history, so all ranks
+derive the same mastered set without a broadcast. The probe pass of samples to probe is split
+across ranks (rank ``r`` probes ``indices_to_probe()[r::W]``) and merged by the same gather.
 
-Per merge: three all-gathers (5 int64 of metadata per rank, then ``max_r n_r`` int64
-indices and as many float32 losses per rank), where ``n_r`` is the number of samples
-rank ``r`` holds records of this epoch (trained or probed; the record's kind travels in
-the index's two low bits). Received bytes per rank:
-``12 * W * max_r n_r`` ~ ``12 * (samples recorded this epoch)``; independent of ``N``.
+Per merge: up to three all-gathers: 7 int64 of metadata per rank (pair count, four counter
+deltas, two flags), then ``max_r n_r`` int64 indices and as many float32 losses per rank, where
+``n_r`` is the number of samples rank ``r`` recorded since the last merge (the record's kind
+travels in the index's two low bits); the two data gathers are skipped when no rank has pairs.
+Per epoch in the engine's order (``probe()`` then ``step()``): two merges, six all-gathers; each
+rank sends ``2 * 56 + 12 * (max_r t_r + max_r p_r)`` bytes (``t_r``, ``p_r``: samples rank ``r``
+trained, probed) ~ ``12 * (samples recorded this epoch) / W`` and receives ``W`` times that,
+~ ``12 * (samples recorded this epoch)``; independent of ``N``. The first merge or sampler of a
+tracker, and the first after a ``load_state_dict``, add one 56-byte digest gather
+(tests/test_distributed.py counts these bytes through a wrapped ``all_gather``).
 
 Example:
     >>> # under torchrun (not run here; tests/test_distributed.py runs 2 ranks):
@@ -287,7 +292,7 @@ class DistributedIES(IES):
             self._check_digest()
 
     def step(self) -> EpochStats:
-        """Merge all ranks' records (one gather), then :meth:`IES.step` on each rank."""
+        """Merge the records added since the last merge (up to three gathers), then :meth:`IES.step`."""
         stats = super().step()
         self._synced = dict(self.books.epoch)
         return stats
