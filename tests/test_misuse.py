@@ -143,9 +143,9 @@ def corrupt(state: dict, key: str, value) -> dict:
 @pytest.mark.parametrize(
     "key,value,match",
     [
-        ("version", 1, "version 1 is not 2"),
-        ("probe_due", torch.zeros(N, dtype=torch.float32), "'probe_due' must be a torch.int32"),  # the last tensor
-        ("count", torch.zeros(N, dtype=torch.float32), "'count' must be a torch.int32"),  # float counts refused
+        ("version", 1, "version 1 is not 3"),
+        ("probe_due", torch.zeros(N, dtype=torch.float32), "'probe_due' must be a torch.int16 or torch.int32"),
+        ("count", torch.zeros(N, dtype=torch.float32), "'count' must be a torch.uint8"),  # float counts refused
         ("accounting", {}, "accounting state 'epoch' lacks"),
         ("epoch", 3.0, "epoch must be an int"),
         ("epoch", True, "epoch must be an int"),
@@ -235,11 +235,11 @@ def _edit_books(part, key, value):
 
 
 @pytest.mark.parametrize("edit,match", [  # issue 21: values a real run cannot produce
-    (_edit_tensor("count", 0, -100), "'count' holds -100, below its minimum 0"),
+    (_edit_tensor("times_excluded", 0, -100), "'times_excluded' holds -100, below its minimum 0"),
     (_edit_tensor("history", None, float("inf")), "non-finite newest losses for excluded samples"),
     (_edit_tensor("probe_interval", 0, 0), "'probe_interval' holds 0, below its minimum 1"),
     (_edit_tensor("probe_interval", 5, -7), "'probe_interval' holds -7"),
-    (_edit_tensor("train_records", 0, -1), "'train_records' holds -1"),
+    (_edit_tensor("probe_due", 0, -1), "'probe_due' holds -1"),  # (count, train_records: unsigned since state v3)
     (_edit_tensor("first_mastered", 0, -2), "'first_mastered' holds -2"),
     (_edit_books("total", "backprop", float("nan")), "non-finite entries"),
     (_edit_books("total", "trained", float("inf")), "non-finite entries"),

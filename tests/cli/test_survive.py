@@ -229,6 +229,16 @@ def test_complete_without_a_summary_is_refused_by_train_and_compare(done_run, ca
     assert "summary.json is missing" in _one_line(capsys)
 
 
+def test_compare_resume_over_a_run_complete_without_summary_is_one_line(tmp_path, capsys):
+    out = tmp_path / "c"
+    argv = ["compare", *TINY, "--seeds", "1", "--methods", "none"]
+    assert main([*argv, "--out", str(out)]) == 0
+    (out / "runs" / "none-seed0" / "summary.json").unlink()
+    capsys.readouterr()
+    assert main([*argv, "--resume", str(out)]) == 2
+    assert "says complete but" in _one_line(capsys)
+
+
 def test_compare_resume_on_a_train_folder_is_refused(done_run, capsys):
     before = sorted(p.name for p in done_run.iterdir())
     assert main(["compare", *TINY, "--seeds", "1", "--resume", str(done_run)]) == 2
