@@ -188,29 +188,40 @@ def frontier_table(rows: Sequence[Dict[str, Any]]) -> str:
     return table(head, body)
 
 
+def _short(label: str, method: str) -> str:
+    """A plot label: ``IES 50%`` for ``ies(target_measure=compute, target_saving=0.5)``."""
+    short = label.replace("target_measure=compute, ", "").replace("target_saving=", "").replace("fraction=", "")
+    return short.replace("ies(", "IES(").replace("random(", "Random(").replace("infobatch", "InfoBatch") \
+        if method != "ies" or "(" in label else "IES δ-mode"
+
+
 def plot_frontier(rows: Sequence[Dict[str, Any]], path: Path, title: str) -> Path:
     """Two panels, accuracy against wall time and against compute: plain runs as lines, methods as points."""
     from .plots import pyplot
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.8), dpi=110)
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.4), dpi=110)
     colors = {"ies": "tab:blue", "random": "tab:gray", "infobatch": "tab:orange"}
     for ax, (key, name) in zip(axes, AXES):
         for s, style in zip(sorted({r["schedule"] for r in rows if r["kind"] == "plain"}), ("-", "--", ":")):
             ps = sorted((r for r in rows if r["schedule"] == s), key=lambda r: r[f"{key}_mean"])
             ax.errorbar([r[f"{key}_mean"] for r in ps], [r["acc_mean"] for r in ps], yerr=[r["acc_std"] for r in ps],
-                        color="black", ls=style, marker="*", capsize=2, label=f"plain, {s} (frontier)")
+                        color="black", ls=style, marker="*", capsize=2, label=f"plain, {s} schedule (frontier)")
         for r in (r for r in rows if r["kind"] == "method"):
+            delta = r["method"] == "ies" and "(" not in r["label"]
             ax.errorbar([r[f"{key}_mean"]], [r["acc_mean"]], yerr=[r["acc_std"]], ls="none", capsize=3, ms=7,
-                        marker="o" if r["method"] == "ies" else "s", color=colors.get(r["method"]), label=r["label"],
-                        alpha=0.85)
+                        marker="D" if delta else "o" if r["method"] == "ies" else "s", alpha=0.85,
+                        color="tab:purple" if delta else colors.get(r["method"]), label=_short(r["label"], r["method"]))
+            ax.annotate(_short(r["label"], r["method"]), (r[f"{key}_mean"], r["acc_mean"]), fontsize=6,
+                        xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel("training wall time (s, measured)" if key == "wall" else "compute (epoch-equivalents of backprop)")
-        ax.set_ylabel("final test accuracy (%)")
+        ax.set_ylabel("final test accuracy (%, mean ± std over seeds)")
         ax.set_title(f"accuracy vs {name}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=5)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
