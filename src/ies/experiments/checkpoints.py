@@ -82,7 +82,7 @@ def _finite_tensors(d: Any, where: str, path: Path) -> None:
 
     for k, v in (d.items() if isinstance(d, dict) else ()):
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise RunFolderError(f"checkpoint {path}: {where}[{k!r}] holds NaN or infinite values; the file is "
+            raise RunFolderError(f"checkpoint {path}: field {where}[{k!r}] holds NaN or infinite values; the file is "
                                  "damaged, start the run again with --overwrite")
 
 

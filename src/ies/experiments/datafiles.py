@@ -281,8 +281,8 @@ def read_cifar(key: str, data_dir: Optional[str] = None) -> FileSplits:
     return FileSplits(x_tr, y_tr, x_te, y_te, num_classes=num_classes)
 
 
-def _read_cifar_batch(path: Path, key: str, label_key: bytes, num_classes: int, fix: str) -> Tuple[Tensor, Tensor]:
-    """One checked CIFAR batch: pixels ``(N, 3072)`` uint8 and labels ``(N,)`` int64."""
+def _load_cifar_dict(path: Path, key: str, label_key: bytes, fix: str) -> Dict[Any, Any]:
+    """The batch's dict, its file no bigger than the format's and its data and labels not nested lists."""
     import numpy as np
 
     # The format's size: 10,000 images a file (CIFAR-100's train: 50,000) of 3072 bytes, plus label and file name.
@@ -301,12 +301,19 @@ def _read_cifar_batch(path: Path, key: str, label_key: bytes, num_classes: int, 
     if not isinstance(d[b"data"], np.ndarray):
         raise ValueError(f"{path} holds data that are not arrays (a {type(d[b'data']).__name__}, the format stores one "
                          f"numpy array); {fix}")
-    raw_labels = d[label_key]
-    if isinstance(raw_labels, list) and not all(isinstance(v, (int, float)) for v in raw_labels):
+    if isinstance(d[label_key], list) and not all(isinstance(v, (int, float)) for v in d[label_key]):
         raise ValueError(f"{path} has {label_key.decode()} that are not a flat list of numbers; {fix}")
+    return d
+
+
+def _read_cifar_batch(path: Path, key: str, label_key: bytes, num_classes: int, fix: str) -> Tuple[Tensor, Tensor]:
+    """One checked CIFAR batch: pixels ``(N, 3072)`` uint8 and labels ``(N,)`` int64."""
+    import numpy as np
+
+    d = _load_cifar_dict(path, key, label_key, fix)
     try:
         data = np.asarray(d[b"data"])
-        labels = np.asarray(raw_labels)
+        labels = np.asarray(d[label_key])
     except (ValueError, TypeError) as e:  # ragged lists and the like
         raise ValueError(f"{path} holds data or labels that are not arrays ({e}); {fix}") from None
     if data.ndim != 2 or data.shape[1] != 3072:
