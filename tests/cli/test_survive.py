@@ -341,3 +341,15 @@ def test_a_kill_right_after_start_leaves_a_folder_that_resumes_or_starts_fresh(d
     else:
         assert main([*argv, "--out", str(out)]) == 0  # the lock file alone does not make it "not empty"
     assert _status(out)["status"] == "complete" and not list(out.glob(".*.tmp"))
+
+
+def test_ctrl_c_before_the_first_epoch_does_not_claim_a_saved_epoch(tmp_path, monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_epoch", interrupted)
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "before the first epoch finished, so no epoch is saved" in err and "last finished epoch is saved" not in err
+    assert _status(out)["status"] == "interrupted"

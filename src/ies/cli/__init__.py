@@ -58,17 +58,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except OSError as e:  # the disk or the file system (full disk, read-only folder): say which file
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f) or "a file"
-        print(f"ies {args.command}: error: cannot write or read {where}: {e.strerror or e}; the run is marked "
-              "failed where its folder could be written (free space or fix permissions, then --resume)", file=sys.stderr)
+        print(f"ies {args.command}: error: {e.strerror or e}: {where}; free space or fix permissions (a run it "
+              "stopped is marked failed where its folder could be written; continue it with --resume)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        out = getattr(args, "out_dir", None)
-        again = "ies train" if args.command == "train" else "the same command with"
-        hint = f"; continue with: {again} --resume {shlex.quote(str(out))}" if out else ""
-        print(f"\nies {args.command}: interrupted, the last finished epoch is saved{hint}", file=sys.stderr)
+        print(f"\nies {args.command}: {_interrupted(args)}", file=sys.stderr)
         return 130
     finally:
         release_all()  # the run folders this command locked
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C left: the last finished epoch (or, for ies train, none yet) and how to continue."""
+    out = getattr(args, "out_dir", None)
+    if out is None:
+        return "interrupted before anything was saved"
+    again = "ies train" if args.command == "train" else "the same command with"
+    hint = f"continue with: {again} --resume {shlex.quote(str(out))}"
+    if args.command == "train":
+        from ..experiments.runs import RunFolder, RunFolderError
+
+        try:
+            done = RunFolder(out).status().get("epochs_done")
+        except RunFolderError:
+            done = None
+        if not done:
+            return f"interrupted before the first epoch finished, so no epoch is saved; {hint} (it starts over)"
+    return f"interrupted, the last finished epoch is saved; {hint}"
 
 
 if __name__ == "__main__":  # pragma: no cover
