@@ -16,7 +16,8 @@ from .dataset import IndexedDataset
 from .distributed import DistributedIES
 from .probing import probe_losses
 from .sampler import ActiveSampler
-from .tracker import IES, IESWarning
+from .ieswarning import IESWarning
+from .tracker import IES
 
 __version__ = "0.2.0"
 

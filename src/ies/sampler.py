@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 from torch.utils.data import Sampler
 
-from .tracker import IES, IESWarning
+from .ieswarning import IESWarning
+
+if TYPE_CHECKING:  # pragma: no cover  (a hint only: the tracker imports this module)
+    from .tracker import IES
 
 __all__ = ["ActiveSampler", "active_order"]
 
@@ -103,10 +106,10 @@ class ActiveSampler(Sampler[int]):
 
     def _check_epoch_protocol(self) -> None:
         """Warn when a new pass starts after samples were trained in this same epoch."""
-        books = getattr(self.tracker, "books", None)
-        if books is None or self._epoch is not None:
+        trained = getattr(self.tracker, "trained_in_epoch", None)  # duck-typed trackers may not count
+        if trained is None or self._epoch is not None:
             return
-        now = (self.tracker.epoch, books.epoch["trained"])
+        now = (self.tracker.epoch, trained)
         if self._last_pass is not None and now[0] == self._last_pass[0] and now[1] > self._last_pass[1]:
             warnings.warn(
                 f"a new pass over the IES sampler started in epoch {now[0]} after {int(now[1])} samples were trained, "

@@ -35,11 +35,9 @@ from .probing import backoff_next, probe_losses, staggered_due
 from .records import EpochRecords
 from .state import STATE_VERSION, check_record, check_state, memory_check, misuse_messages
 
+from .ieswarning import IESWarning  # re-exported: ies.tracker.IESWarning still works
+
 __all__ = ["IES", "IESWarning"]
-
-
-class IESWarning(UserWarning):
-    """A misuse that IES can survive but that makes its numbers wrong; the message says the fix."""
 
 
 class _EpochRecord:
@@ -180,6 +178,11 @@ class IES:
 
     def excluded_indices(self) -> Tensor:
         return torch.nonzero(self.excluded).flatten()
+
+    @property
+    def trained_in_epoch(self) -> int:
+        """Samples recorded as trained so far in the current epoch (the sampler's misuse check reads it)."""
+        return int(self.books.epoch["trained"])
 
     def sampler(self, **kwargs: Any) -> "torch.utils.data.Sampler[int]":
         """An :class:`~ies.ActiveSampler` over this tracker (``shuffle``, ``seed``, ``drop_last``, ...)."""

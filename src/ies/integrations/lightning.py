@@ -10,12 +10,10 @@ Wiring (three lines in your code):
 3. ``Trainer(callbacks=[callback], reload_dataloaders_every_n_epochs=1,
    use_distributed_sampler=False)``.
 
-Epoch lengths change with IES. ``reload_dataloaders_every_n_epochs=1`` is Lightning's
-documented way to say so: it calls ``train_dataloader()`` again at every epoch start
-(after the callback's ``step()``), and Lightning itself recounts the batches, the
-validation interval and the progress bar. ``use_distributed_sampler=False`` keeps
-Lightning from wrapping the sampler in a ``DistributedSampler`` under DDP: the
-``ActiveSampler`` shards the active set itself. The callback checks both in ``setup``.
+Epoch lengths change with IES: ``reload_dataloaders_every_n_epochs=1`` (Lightning's documented
+way to say so) calls ``train_dataloader()`` again at every epoch start, after the callback's
+``step()``, and Lightning recounts the batches, the validation interval and the progress bar.
+``use_distributed_sampler=False``: the ``ActiveSampler`` shards the active set itself under DDP.
 
 The callback records the losses (``on_train_batch_end``), runs the probe pass and
 ``step()`` at ``on_train_epoch_end`` (inside ``trainer.precision_plugin.forward_context()``,
@@ -100,23 +98,14 @@ def ies_output(indices: Tensor, losses: Tensor, *, reduction: str = "mean", **ex
 
 
 def _flatten(obj: Any) -> List[Any]:
-    if isinstance(obj, Mapping):
-        return [x for v in obj.values() for x in _flatten(v)]
-    if isinstance(obj, (list, tuple)):
-        return [x for v in obj for x in _flatten(v)]
+    if isinstance(obj, (Mapping, list, tuple)):
+        return [x for v in (obj.values() if isinstance(obj, Mapping) else obj) for x in _flatten(v)]
     return [] if obj is None else [obj]
 
 
 def _samplers_of(loader: Any) -> List[Any]:
-    out = []
-    for attr in ("sampler", "batch_sampler"):
-        s = getattr(loader, attr, None)
-        if s is not None:
-            out.append(s)
-            inner = getattr(s, "sampler", None)
-            if inner is not None:
-                out.append(inner)
-    return out
+    outer = [s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)) if s is not None]
+    return outer + [s.sampler for s in outer if getattr(s, "sampler", None) is not None]
 
 
 class IESCallback(Callback):
@@ -213,15 +202,15 @@ class IESCallback(Callback):
         ``train_set`` tells a callback built without ``num_samples`` the dataset size (and is
         checked against it otherwise). ``kwargs`` override ``shuffle``, ``seed``, ``drop_last``.
         """
-        if train_set is not None and self.tracker is not None and len(train_set) != self.tracker.num_samples:
-            raise ValueError(f"the train set has {len(train_set)} samples but IES was built for "
-                             f"{self.tracker.num_samples}; pass num_samples=len(train_set) or leave it out")
         if self.tracker is None:
             n = self._num_samples if self._num_samples is not None else (None if train_set is None else len(train_set))
             if n is None:
                 raise ValueError("IESCallback was built without num_samples: pass the train set, "
                                  "sampler=ies_callback.sampler(train_set) (or ies_sampler(self.trainer, train_set))")
             self._build(n)
+        if train_set is not None and len(train_set) != self._tracker().num_samples:
+            raise ValueError(f"the train set has {len(train_set)} samples but IES was built for "
+                             f"{self._tracker().num_samples}; pass num_samples=len(train_set) or leave it out")
         opts = {**self.sampler_kwargs, **kwargs}
         world, rank = self._world
         if world == 1:  # not set up yet, or one process: ask the process group
@@ -399,7 +388,7 @@ def ies_sampler(trainer: Any, train_set: Any, **kwargs: Any) -> ActiveSampler:
         ...         return DataLoader(IndexedDataset(self.train_set), batch_size=64,
         ...                           sampler=ies_sampler(self.trainer, self.train_set))
     """
-    found = [cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, IESCallback)]
+    found = [cb for cb in trainer.callbacks if isinstance(cb, IESCallback)]
     if len(found) != 1:
         raise ValueError(f"the trainer has {len(found)} IESCallback(s); pass exactly one: "
                          "Trainer(callbacks=[IESCallback(...)], reload_dataloaders_every_n_epochs=1, ...)")
