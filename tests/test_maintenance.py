@@ -65,3 +65,43 @@ def test_a_second_pass_without_end_epoch_warns_through_the_public_counter():
     with warnings.catch_warnings():
         warnings.simplefilter("error", IESWarning)
         next(iter(loader))  # a new epoch: no warning
+
+
+def test_evaluation_restores_train_mode_when_a_forward_raises():
+    """engine evaluation (experiments.tasks.per_sample_losses / evaluate) had no try/finally."""
+    from ies.experiments.tasks import evaluate
+
+    class Breaks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.calls = torch.nn.Linear(2, 3), 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("out of memory")
+            return self.lin(x)
+
+    model = Breaks().train()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate(model, torch.randn(8, 2), torch.zeros(8, dtype=torch.long), batch_size=4)
+    assert model.training  # not left in eval mode
+    model.calls = 10
+    loss, acc = evaluate(model, torch.randn(8, 2), torch.zeros(8, dtype=torch.long), batch_size=4)
+    assert model.training and 0.0 <= acc <= 100.0
+
+
+@pytest.mark.parametrize("value, ok", [(3, True), (0, False), (True, False), (2.0, False), ("3", False)])
+def test_policies_check_ints_as_the_config_does(value, ok):
+    """check_int was a copy of config._integer; it is that check now, message included."""
+    from ies.config import _integer
+    from ies.policies.random_remove import check_int
+
+    if ok:
+        assert check_int("history_size", value, low=1) == _integer("history_size", value, 1, "") == value
+        return
+    with pytest.raises(ValueError) as mine:
+        check_int("history_size", value, low=1, hint=" (e.g. 1024)")
+    with pytest.raises(ValueError) as theirs:
+        _integer("history_size", value, 1, " (e.g. 1024)")
+    assert str(mine.value) == str(theirs.value) and "history_size must be an int >= 1 (e.g. 1024)" in str(mine.value)

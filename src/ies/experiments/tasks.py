@@ -24,16 +24,19 @@ def cross_entropy(out: Tensor, y: Tensor) -> Tensor:
 
 
 def per_sample_losses(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tuple[Tensor, Tensor]:
-    """Forward-only losses and correctness ``(M,)`` in eval mode, batched."""
+    """Forward-only losses and correctness ``(M,)`` in eval mode, batched; the model's mode is restored
+    even when a forward raises (as :func:`ies.probing.probe_losses` does)."""
     was = model.training
     model.eval()
     losses, correct = [], []
-    with torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            out = model(x[s : s + batch_size])
-            losses.append(cross_entropy(out, y[s : s + batch_size]))
-            correct.append(out.argmax(1) == y[s : s + batch_size])
-    model.train(was)
+    try:
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch_size):
+                out = model(x[s : s + batch_size])
+                losses.append(cross_entropy(out, y[s : s + batch_size]))
+                correct.append(out.argmax(1) == y[s : s + batch_size])
+    finally:
+        model.train(was)
     if not losses:
         return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     return torch.cat(losses), torch.cat(correct)

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
+from ..config import _integer  # noqa: PLC2701  (the one integer check, shared with IESConfig)
 from .base import SelectionPolicy, register_policy
 
 __all__ = ["RandomRemove", "epoch_generator", "check_fraction", "check_int"]
@@ -41,9 +42,8 @@ def check_fraction(name: str, value: Any, *, low: float, high: float, low_open: 
 
 
 def check_int(name: str, value: Any, *, low: int, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r}")
-    return int(value)
+    """The rule's own integer check (:mod:`ies.config`), one definition for the policies too."""
+    return _integer(name, value, low, hint)
 
 
 @register_policy("random")

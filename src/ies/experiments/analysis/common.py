@@ -13,19 +13,11 @@ from ..config import RunConfig
 from ..data import TensorData
 from ..engine import EngineCallback, RunResult
 from ..grid import Progress, no_progress, train_run
+from ..plots import pyplot  # the one headless-matplotlib helper (re-exported for the analyses)
 from ..runs import run_dir_name
 from ..tables import write_csv, write_json
 
 __all__ = ["Study", "pyplot", "mean_or_nan", "curve", "finite"]
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def finite(v: Any) -> bool:
