@@ -154,7 +154,7 @@ def test_load_state_not_a_dict_or_bad_shape() -> None:
         tr4().load_state_dict([1, 2])
     sd = tr4().state_dict()
     sd["count"] = torch.zeros(5, dtype=torch.int64)
-    with pytest.raises(ValueError, match=r"'count' must be a torch.int32 tensor of shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"'count' must be a torch.uint8 tensor of shape \(4,\)"):
         tr4().load_state_dict(sd)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ies import IES, EpochStats, IndexedDataset, probe_losses
+from ies import IES, EpochStats, IESWarning, IndexedDataset, probe_losses
 
 
 def plateau_then_jump(i: int, e: int) -> float:
@@ -356,3 +356,114 @@ def test_history_property_round_trip() -> None:
     tr.record(torch.tensor([1]), torch.tensor([0.5]))
     tr.step()
     assert tr.history.tolist() == [[5.0, 6.0], [8.0, 0.5], [9.0, 10.0]]
+
+
+# --------------------------------------------------------------------------- state layout (issue 20)
+def _state_bytes(tr: IES) -> float:
+    tensors = [tr._history.ring, tr._records.pending, tr._records.flags, tr.excluded, tr.count, tr.times_excluded,
+               tr.times_reincluded, tr.first_mastered, tr.probe_doublings, tr.probe_due]
+    return sum(t.numel() * t.element_size() for t in tensors) / tr.num_samples
+
+
+def test_state_is_40_bytes_per_sample_and_bytes_per_sample_says_so() -> None:
+    from ies.layout import bytes_per_sample
+    tr = IES(1000)
+    assert bytes_per_sample(tr.config) == 40 == _state_bytes(tr)  # 61 before issue 20
+    wide = IES(10, window=300)  # H = 303 > 254: the count needs int16
+    assert wide.count.dtype == torch.int16 and bytes_per_sample(wide.config) == _state_bytes(wide)
+
+
+def _trace_step(tr: IES, e: int, g: torch.Generator, base: torch.Tensor) -> None:
+    """One epoch of a random trace: plateaus, noise and jumps; some active samples missed; the probe pass."""
+    n = tr.num_samples
+    noise = torch.randint(-3, 4, (n,), generator=g).float() * 2.0**-14 * (torch.arange(n) % 3)
+    jump = (torch.rand(n, generator=g) < 0.05).float() * 0.5
+    losses = base + noise + jump
+    act = tr.active_indices()
+    act = act[torch.rand(act.numel(), generator=g) < 0.9]
+    for part in act.split(7):
+        tr.record(part, losses[part])
+    probe = tr.indices_to_probe()
+    tr.record_probe(probe, losses[probe])
+
+
+@pytest.mark.parametrize("rule", [dict(), dict(probe_backoff=False, probe_every=2), dict(probe_max_interval=3),
+                                  dict(target_saving=0.3, total_epochs=40)])
+def test_small_dtypes_give_the_same_exclusions_as_wide_ones(monkeypatch, rule) -> None:
+    """Random traces: the default layout against int64 counters, epoch by epoch; the back-off interval
+    (kept as doublings) against the int32 interval the old code kept, via ies.probing.backoff_next."""
+    import ies.tracker as trk
+    from ies.probing import backoff_next
+    n, g1, g2 = 300, torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    base = (torch.rand(n, generator=torch.Generator().manual_seed(2)) * 4 / 2.0**-14).round() * 2.0**-14
+    small = IES(n, **rule)
+    monkeypatch.setattr(trk, "count_dtype", lambda h: torch.int64)
+    monkeypatch.setattr(trk, "epoch_dtype", lambda epoch, cap: torch.int64)
+    wide = IES(n, **rule)
+    assert wide.count.dtype == torch.int64 and small.count.dtype == torch.uint8
+    c = small.config
+    interval = torch.full((n,), c.probe_every, dtype=torch.int32)
+    due = torch.zeros(n, dtype=torch.int32)
+    excluded_ever = 0
+    for e in range(40):
+        _trace_step(small, e, g1, base)
+        _trace_step(wide, e, g2, base)
+        was, probed = small.excluded.clone(), small.probe_records > 0
+        assert small.step().counts() == wide.step().counts()
+        assert torch.equal(small.excluded, wide.excluded), e
+        for k in ("count", "times_excluded", "times_reincluded", "first_mastered", "probe_due"):
+            assert torch.equal(getattr(small, k).long(), getattr(wide, k)), (e, k)
+        if c.probe_backoff:
+            interval, due = backoff_next(interval, due, probed, was & small.excluded, small.excluded & ~was, e,
+                                         first=c.probe_every, cap=c.probe_max_interval)
+            assert torch.equal(small.probe_interval, interval) and torch.equal(small.probe_due.int(), due), e
+        excluded_ever += int(small.excluded.sum())
+    assert excluded_ever > 0 and int(small.times_reincluded.sum()) > 0  # the trace exercised both ways
+
+
+def test_epoch_counters_widen_before_int16_could_wrap() -> None:
+    tr = IES(4, order=1, window=1, m=1, probe_max_interval=8)  # constant losses: excluded after 3 epochs
+    assert tr.first_mastered.dtype == torch.int16
+    tr.epoch = 32_755
+    for _ in range(14):
+        tr.record(tr.active_indices(), torch.ones(int(tr.num_active)))
+        tr.record_probe(tr.indices_to_probe(), torch.ones(len(tr.indices_to_probe())))
+        tr.step()
+    assert tr.first_mastered.dtype == torch.int32 and tr.probe_due.dtype == torch.int32
+    assert tr.first_mastered.tolist() == [32_758] * 4 and int(tr.probe_due.max()) == 32_772  # due 32758, 60, 64, 72
+    assert IES(4, probe_max_interval=40_000).times_excluded.dtype == torch.int32  # widened from the start
+
+
+def test_records_of_one_sample_cannot_wrap() -> None:
+    """Issue 21: an int16 record count wrapped at 32,768 records of one sample and dropped its loss."""
+    tr = IES(3, order=0, window=1, m=1)
+    one, loss = torch.tensor([1]), torch.tensor([0.25])
+    for _ in range(33_000):
+        tr.record(one, loss)
+    assert tr.train_records.tolist() == [0, 2, 0]  # 2: more than once (saturates)
+    with pytest.warns(IESWarning, match="recorded more than once"):
+        tr.step()
+    assert tr.history[1, -1].item() == 0.25 and int(tr.count[1]) == 1
+
+
+def test_a_version_2_state_loads_into_the_small_layout() -> None:
+    a = IES(50, order=1, window=2, m=1)
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(50, generator=g)
+    for e in range(8):
+        _trace_step(a, e, g, base)
+        a.step()
+    v3 = a.state_dict()
+    v2 = dict(v3, version=2, count=v3["count"].int(), train_records=v3["train_records"].to(torch.int16),
+              probe_records=v3["probe_records"].to(torch.int16),
+              **{k: v3[k].int() for k in ("times_excluded", "times_reincluded", "first_mastered", "probe_due")})
+    b, c = IES(50, order=1, window=2, m=1), IES(50, order=1, window=2, m=1)
+    b.load_state_dict(v2)
+    c.load_state_dict(v3)
+    for k, v in c.state_dict().items():
+        w = b.state_dict()[k]
+        assert (torch.equal(v.nan_to_num(-1), w.nan_to_num(-1)) and v.dtype == w.dtype) if isinstance(v, torch.Tensor) \
+            else v == w, k
+    bad = dict(v2, count=v2["count"].to(torch.uint8))  # a version-2 state holds int32 counts
+    with pytest.raises(ValueError, match=r"'count' must be a torch.int32 tensor .*state version 2"):
+        IES(50, order=1, window=2, m=1).load_state_dict(bad)

@@ -17,12 +17,12 @@ can wrap them (an int16 count wrapped at 32,768 records of one sample and lost i
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["EpochRecords", "KIND_BIT", "SYNCED"]
+__all__ = ["EpochRecords", "EpochRecord", "KIND_BIT", "SYNCED"]
 
 KIND_BIT = {"train": 1, "probe": 4}  # the kind's "recorded" bit; the bit above it: "recorded more than once"
 SYNCED = 16  # bit 4: merged with the other ranks' records and not recorded since (DistributedIES)
@@ -44,9 +44,9 @@ class EpochRecords:
 
     # ------------------------------------------------------------ counts by kind (0, 1, or 2: more than once)
     def count(self, kind: str) -> Tensor:
-        """``(N,)`` int16: 0, 1, or 2 (recorded more than once) records of ``kind`` this epoch."""
+        """``(N,)`` uint8: 0, 1, or 2 (recorded more than once) records of ``kind`` this epoch."""
         bit, f = KIND_BIT[kind], self.flags
-        return (f & bit).bool().to(torch.int16) + (f & (bit << 1)).bool().to(torch.int16)
+        return (f & bit).bool().to(torch.uint8) + (f & (bit << 1)).bool().to(torch.uint8)
 
     def set_count(self, kind: str, value: Tensor) -> None:
         """Replace the flags of ``kind`` from per-sample counts ``(N,)`` (0, 1, more)."""
@@ -201,3 +201,23 @@ class EpochRecords:
         self.pending.fill_(float("nan"))
         self.flags.zero_()
         self.maybe_nonfinite = self.device.type != "cpu"
+
+
+class EpochRecord:
+    """On the tracker: a tensor of the epoch's records, read (or replaced) after the queued calls are written."""
+
+    def __init__(self, field: str, doc: str) -> None:
+        self.field, self.__doc__ = field, doc
+
+    def __get__(self, tracker: Any, owner: Any = None) -> Any:
+        if tracker is None:
+            return self
+        tracker._records.flush()
+        if self.field == "pending":  # the caller may write into it: step() counts non-finite losses exactly
+            tracker._records.maybe_nonfinite = True
+        return getattr(tracker._records, self.field)
+
+    def __set__(self, tracker: Any, value: Tensor) -> None:
+        tracker._records.flush()
+        setattr(tracker._records, self.field, value)
+        tracker._records.maybe_nonfinite = True

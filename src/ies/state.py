@@ -18,19 +18,17 @@ from torch import Tensor
 from .accounting import Accounting, EpochStats
 from .config import IESConfig
 from .criterion import history_length
+from .layout import bytes_per_sample, saved_dtypes, to_current
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tracker import IES
 
 __all__ = ["STATE_VERSION", "check_record", "check_state", "memory_check", "bytes_per_sample", "misuse_messages"]
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: smaller counter dtypes (ies.layout); states of version 2 are still read
 
-# dtype of each saved tensor; the history is (N, H), the rest (N,).
-_DTYPES = {"history": torch.float32, "count": torch.int32, "pending": torch.float32, "train_records": torch.int16,
-           "probe_records": torch.int16, "excluded": torch.bool, "times_excluded": torch.int32,
-           "times_reincluded": torch.int32, "first_mastered": torch.int32, "probe_interval": torch.int32,
-           "probe_due": torch.int32}
+_KEYS = ("history", "count", "pending", "train_records", "probe_records", "excluded", "times_excluded",
+         "times_reincluded", "first_mastered", "probe_interval", "probe_due")  # the history is (N, H), the rest (N,)
 
 
 def check_record(indices: Tensor, losses: Tensor) -> None:
@@ -55,12 +53,6 @@ def check_record(indices: Tensor, losses: Tensor) -> None:
         raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
     if not losses.dtype.is_floating_point:
         raise ValueError(f"losses must be a floating tensor, got {losses.dtype}")
-
-
-def bytes_per_sample(config: IESConfig) -> int:
-    """Bytes of per-sample state: the history ring plus the fixed per-sample tensors and scratch."""
-    h = history_length(config.order, config.window, config.m)
-    return sum(torch.empty(0, dtype=d).element_size() for d in _DTYPES.values()) - 4 + 4 * h + 4  # + stamp
 
 
 def _available_bytes(device: torch.device) -> int:
@@ -104,10 +96,10 @@ def check_state(tracker: "IES", state: Any) -> Dict[str, Any]:
     if not isinstance(state, dict):
         raise ValueError(f"state must be a dict from IES.state_dict(), got {type(state).__name__}")
     version = state.get("version")
-    if version != STATE_VERSION:
-        raise ValueError(f"IES state version {version!r} is not {STATE_VERSION}: it was saved by another version of "
-                         "ies; resume with the version that saved it, or start the IES state afresh")
-    missing = [k for k in (*_DTYPES, "num_samples", "epoch", "config", "accounting", "history_log") if k not in state]
+    if version not in (2, STATE_VERSION) or isinstance(version, bool):
+        raise ValueError(f"IES state version {version!r} is not {STATE_VERSION} (or 2, read too): it was saved by "
+                         "another version of ies; resume with the version that saved it, or start the IES state afresh")
+    missing = [k for k in (*_KEYS, "num_samples", "epoch", "config", "accounting", "history_log") if k not in state]
     if missing:
         raise ValueError(f"IES state is missing keys {missing}; was it saved by IES.state_dict()?")
     if not _is_int(state["num_samples"]) or state["num_samples"] != tracker.num_samples:
@@ -126,12 +118,14 @@ def check_state(tracker: "IES", state: Any) -> Dict[str, Any]:
     differs = {k: (v, getattr(cur, k)) for k, v in saved.to_dict().items() if v != getattr(cur, k)}
     out: Dict[str, Any] = {"epoch": int(state["epoch"]), "differs": differs}
     n, h = tracker.num_samples, history_length(cur.order, cur.window, cur.m)
-    for k, dtype in _DTYPES.items():
+    for k, dtypes in saved_dtypes(version, h).items():
         v = state[k]
         want = (n, h) if k == "history" else (n,)
-        if not isinstance(v, Tensor) or tuple(v.shape) != want or v.dtype != dtype:
+        if not isinstance(v, Tensor) or tuple(v.shape) != want or v.dtype not in dtypes:
             got = f"{type(v).__name__} {tuple(v.shape)} {v.dtype}" if isinstance(v, Tensor) else type(v).__name__
-            raise ValueError(f"IES state entry {k!r} must be a {dtype} tensor of shape {want}, got {got}")
+            kinds = " or ".join(str(d) for d in dtypes)
+            raise ValueError(f"IES state entry {k!r} must be a {kinds} tensor of shape {want} (state version "
+                             f"{version}), got {got}")
         out[k] = v
     Accounting.check_state(state["accounting"])
     log = state["history_log"]
@@ -139,6 +133,7 @@ def check_state(tracker: "IES", state: Any) -> Dict[str, Any]:
     if not isinstance(log, list) or any(not isinstance(d, dict) or set(d) != names for d in log):
         raise ValueError("IES state 'history_log' must be the list of EpochStats dicts saved by state_dict()")
     _check_values(out, state["accounting"], len(log))
+    out.update(to_current({k: out[k] for k in _KEYS}, h, out["epoch"], cur.probe_max_interval))
     return out
 
 

@@ -32,32 +32,13 @@ from .criterion import column_criterion, history_length
 from .history import RingHistory
 from .planning import choose_excluded, keep_at_random, loaded_kept
 from .probing import backoff_next, probe_losses, staggered_due
-from .records import EpochRecords
+from .layout import count_dtype, epoch_dtype, interval_of, doublings_of, next_doublings, widen_if_needed
+from .records import EpochRecord, EpochRecords
 from .state import STATE_VERSION, check_record, check_state, memory_check, misuse_messages
 
 from .ieswarning import IESWarning  # re-exported: ies.tracker.IESWarning still works
 
 __all__ = ["IES", "IESWarning"]
-
-
-class _EpochRecord:
-    """A tensor of the epoch's records, read (or replaced) after the queued calls are written."""
-
-    def __init__(self, field: str, doc: str) -> None:
-        self.field, self.__doc__ = field, doc
-
-    def __get__(self, tracker: Any, owner: Any = None) -> Any:
-        if tracker is None:
-            return self
-        tracker._records.flush()
-        if self.field == "pending":  # the caller may write into it: step() counts non-finite losses exactly
-            tracker._records.maybe_nonfinite = True
-        return getattr(tracker._records, self.field)
-
-    def __set__(self, tracker: Any, value: Tensor) -> None:
-        tracker._records.flush()
-        setattr(tracker._records, self.field, value)
-        tracker._records.maybe_nonfinite = True
 
 
 class IES:
@@ -94,14 +75,15 @@ class IES:
         memory_check(num_samples, config, self.device)
         n, h, dev = num_samples, history_length(config.order, config.window, config.m), self.device
         self._history = RingHistory(n, h, dev)
-        self.count = torch.zeros(n, dtype=torch.int32, device=dev)  # losses committed per sample
-        self._records = EpochRecords(n, dev)  # this epoch's losses and record counts
+        self.count = torch.zeros(n, dtype=count_dtype(h), device=dev)  # losses committed per sample, up to H
+        self._records = EpochRecords(n, dev)  # this epoch's losses and record flags
         self.excluded = torch.zeros(n, dtype=torch.bool, device=dev)  # left out of the current epoch
-        self.times_excluded = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.times_reincluded = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.first_mastered = torch.full((n,), -1, dtype=torch.int32, device=dev)
-        self.probe_interval = torch.full((n,), config.probe_every, dtype=torch.int32, device=dev)
-        self.probe_due = torch.zeros(n, dtype=torch.int32, device=dev)  # back-off: epoch of the next probe
+        edt = epoch_dtype(0, config.probe_max_interval)  # int16, widened to int32 before it could wrap (ies.layout)
+        self.times_excluded = torch.zeros(n, dtype=edt, device=dev)
+        self.times_reincluded = torch.zeros(n, dtype=edt, device=dev)
+        self.first_mastered = torch.full((n,), -1, dtype=edt, device=dev)
+        self.probe_doublings = torch.zeros(n, dtype=torch.uint8, device=dev)  # back-off interval: probe_every * 2**k
+        self.probe_due = torch.zeros(n, dtype=edt, device=dev)  # back-off: epoch of the next probe
         # keep_fraction: chosen samples that train this epoch at weight 1/keep (None when the option is off)
         self.kept: Optional[Tensor] = torch.zeros(n, dtype=torch.bool, device=dev) if config.keep_fraction > 0 else None
         self.epoch = 0
@@ -127,9 +109,9 @@ class IES:
             self._epoch_start = time.perf_counter()
         self._records.add(idx, val, kind)  # checked and written at the epoch's first read (see ies.records)
 
-    pending = _EpochRecord("pending", "This epoch's recorded losses ``(N,)`` float32 (NaN where none).")
-    train_records = _EpochRecord("train", "Training losses each sample got this epoch ``(N,)`` int16: 0, 1, 2 (more).")
-    probe_records = _EpochRecord("probe", "Probe losses each sample got this epoch ``(N,)`` int16: 0, 1, 2 (more).")
+    pending = EpochRecord("pending", "This epoch's recorded losses ``(N,)`` float32 (NaN where none).")
+    train_records = EpochRecord("train", "Training losses each sample got this epoch ``(N,)`` uint8: 0, 1, 2 (more).")
+    probe_records = EpochRecord("probe", "Probe losses each sample got this epoch ``(N,)`` uint8: 0, 1, 2 (more).")
 
     def record(self, indices: Tensor, losses: Tensor, *, backpropagated: Optional[int] = None) -> Tensor:
         """Record the per-sample training losses of a batch; returns ``losses`` (weighted with ``keep_fraction``).
@@ -214,6 +196,15 @@ class IES:
         c = self.config
         return column_criterion(self._history.columns(), self.count, order=c.order, window=c.window, m=c.m)
 
+    @property
+    def probe_interval(self) -> Tensor:
+        """Back-off probe interval per sample ``(N,)`` int32 (kept as uint8 doublings of ``probe_every``)."""
+        return interval_of(self.probe_doublings, self.config.probe_every, self.config.probe_max_interval)
+
+    @probe_interval.setter
+    def probe_interval(self, value: Tensor) -> None:
+        self.probe_doublings = doublings_of(value.to(self.device), self.config.probe_every, self.config.probe_max_interval)
+
     # ----------------------------------------------------------------- history
     @property
     def history(self) -> Tensor:
@@ -275,11 +266,12 @@ class IES:
         if bool(self._records.bad):
             raise ValueError("an earlier record() call had an index out of range or a duplicate index; "
                              f"indices must be unique per batch and in 0..{self.num_samples - 1}")
+        widen_if_needed(self)
         rec = self._records
         got, probed = rec.flags.bool(), rec.has("probe")
         # Samples that got a loss shift it in; others keep their history unchanged (paper's code).
         self._history.commit(rec.pending, got)
-        self.count.add_(got)
+        self.count.add_(got).clamp_(max=self._history.ring.shape[0])  # saturates at H: only count >= H matters
         was = self.excluded
         annealing = c.anneal_start is not None and self.epoch + 1 >= c.anneal_start
         if c.removes:  # with no removal the criterion is not needed now (criterion() computes it on demand)
@@ -301,9 +293,12 @@ class IES:
         """Per-sample counters and the back-off schedule, from this epoch's and the next's excluded sets."""
         c = self.config
         if c.probe_backoff:
-            self.probe_interval, self.probe_due = backoff_next(
-                self.probe_interval, self.probe_due, probed, was & nxt, nxt & ~was, self.epoch,
-                first=c.probe_every, cap=c.probe_max_interval)
+            stays, newly = was & nxt, nxt & ~was
+            _, due = backoff_next(self.probe_interval, self.probe_due, probed, stays, newly, self.epoch,
+                                  first=c.probe_every, cap=c.probe_max_interval)
+            self.probe_due = due.to(self.probe_due.dtype)  # fits: widen_if_needed ran at the start of step()
+            self.probe_doublings = next_doublings(self.probe_doublings, probed & stays, newly, c.probe_every,
+                                                  c.probe_max_interval)
         self.times_excluded.add_(nxt)
         self.times_reincluded.add_(was & ~nxt)
         first = (nxt & (self.first_mastered < 0)).to(self.first_mastered.dtype)  # arithmetic: masked_fill is slow on CPU
