@@ -105,3 +105,20 @@ def test_policies_check_ints_as_the_config_does(value, ok):
     with pytest.raises(ValueError) as theirs:
         _integer("history_size", value, 1, " (e.g. 1024)")
     assert str(mine.value) == str(theirs.value) and "history_size must be an int >= 1 (e.g. 1024)" in str(mine.value)
+
+
+def test_the_saved_excluded_total_is_read_by_the_summary():
+    """Accounting.total["excluded"] was saved and never read: the run summary reports it, and it survives a resume."""
+    tracker = IES(16, threshold=0.5, order=0, window=1, m=1, probe_backoff=False)
+    for e in range(4):
+        act = tracker.active_mask
+        idx = torch.arange(16)
+        loss = torch.where(idx < 4 * e, torch.tensor(0.1), torch.tensor(1.0))
+        tracker.record(idx[act], loss[act])
+        tracker.record_probe(idx[~act], loss[~act])
+        tracker.step()
+    excluded = sum(s.excluded for s in tracker.history_log)
+    assert excluded > 0 and tracker.books.summary(4)["sample_epochs_excluded"] == excluded
+    again = IES(16, threshold=0.5, order=0, window=1, m=1, probe_backoff=False)
+    again.load_state_dict(tracker.state_dict())
+    assert again.books.summary(4)["sample_epochs_excluded"] == excluded

@@ -126,6 +126,7 @@ class Accounting:
             "samples_backpropagated": t["backprop"],
             "samples_forward_only": t["forward_only"] + t["probed"],
             "samples_probed": t["probed"],
+            "sample_epochs_excluded": t["excluded"],  # sum of EpochStats.excluded over the epochs run
         }
 
     def state_dict(self) -> Dict[str, Any]:
