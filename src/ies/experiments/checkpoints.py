@@ -47,7 +47,7 @@ def write_checkpoint(state: Dict[str, Any], path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
         digest = file_sha256(tmp)
-        atomic_write_bytes(path.with_name(path.name + SIDECAR), (digest + "\n").encode())
+        atomic_write_bytes(path.with_name(path.name + SIDECAR), (digest + "\n").encode(), sync=False)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

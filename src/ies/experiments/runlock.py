@@ -172,23 +172,30 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-    """``path`` holds either its old bytes or ``data``, never a part: tmp file, fsync, rename, fsync the folder."""
+def atomic_write_bytes(path: os.PathLike, data: bytes, *, sync: bool = True) -> None:
+    """``path`` holds either its old bytes or ``data``, never a part: tmp file, rename.
+
+    A killed process cannot tear it (the rename is atomic); ``sync`` also survives a power loss:
+    the file is fsynced before the rename and the folder after it (which commits the folder's
+    earlier renames too, so a batch of writes needs ``sync`` only on its last).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk must not stay full of our tmp file
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
-def atomic_write_json(path: os.PathLike, obj: Any) -> None:
+def atomic_write_json(path: os.PathLike, obj: Any, *, sync: bool = True) -> None:
     from .tables import _clean
 
-    atomic_write_bytes(path, json.dumps(_clean(obj), indent=2, default=str).encode())
+    atomic_write_bytes(path, json.dumps(_clean(obj), indent=2, default=str).encode(), sync=sync)

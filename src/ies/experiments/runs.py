@@ -258,9 +258,9 @@ class RunFolder:
     def save_epoch(self, state: Dict[str, Any]) -> None:
         """After each epoch: ``metrics.csv``, ``checkpoint.pt`` with its SHA-256 (atomically), the status."""
         with _sigint_deferred():
-            atomic_write_bytes(self.path / "metrics.csv", _csv_bytes(state["rows"]))
-            digest = write_checkpoint(state, self.path / CHECKPOINT)
-            self._mark("running", len(state["rows"]), digest=digest)
+            atomic_write_bytes(self.path / "metrics.csv", _csv_bytes(state["rows"]), sync=False)
+            digest = write_checkpoint(state, self.path / CHECKPOINT)  # fsynced before its rename
+            self._mark("running", len(state["rows"]), digest=digest)  # fsyncs the folder: all renames above
 
     def checkpoint(self, config: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
         """The last checkpoint, checksum- and value-checked against ``config``; None if no epoch finished."""
