@@ -151,13 +151,16 @@ def test_ramp_excludes_more_as_training_matures() -> None:
     assert abs(N * E - tr.books.total["backprop"] - 0.4 * N * E) <= 1
 
 
-@pytest.mark.parametrize("probe", [{}, {"probe_backoff": True}, {"probe_every": 3}])
-def test_compute_target_charges_the_probe_pass(probe) -> None:
-    tr = IES(N, target_saving=0.4, total_epochs=E, target_measure="compute", forward_cost=0.5, **probe)
+# every-epoch probing (the paper's; each excluded sample-epoch saves only 1 - 0.5 there, so under the
+# default 0.8 cap 0.4 is out of reach), back-off (the default since 0.2; {} was the same case), staggered
+@pytest.mark.parametrize("probe, target", [({"probe_backoff": False}, 0.25), ({}, 0.4),
+                                           ({"probe_every": 3}, 0.4)])
+def test_compute_target_charges_the_probe_pass(probe, target) -> None:
+    tr = IES(N, target_saving=target, total_epochs=E, target_measure="compute", forward_cost=0.5, **probe)
     log: list = []
     run(tr, range(E), log)
-    assert log[-1].compute_saved == pytest.approx(0.4, abs=0.01)
-    assert log[-1].backprop_saved > 0.45  # more is excluded to pay for the probes
+    assert log[-1].compute_saved == pytest.approx(target, abs=0.01)
+    assert log[-1].backprop_saved > target + 0.05  # more is excluded to pay for the probes
 
 
 def test_never_excludes_a_sample_without_a_full_history() -> None:
