@@ -353,3 +353,31 @@ def test_ctrl_c_before_the_first_epoch_does_not_claim_a_saved_epoch(tmp_path, mo
     err = capsys.readouterr().err
     assert "before the first epoch finished, so no epoch is saved" in err and "last finished epoch is saved" not in err
     assert _status(out)["status"] == "interrupted"
+
+
+def test_a_full_disk_mid_checkpoint_deletes_its_tmp_file(tmp_path, monkeypatch, capsys):
+    real = torch.save
+
+    def half_then_full(obj, f, *a, **k):  # writes part of the file, then the disk is full
+        f.write(b"PK" * 1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_full)
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 1
+    assert f"No space left on device: {out / 'checkpoint.pt'}" in _one_line(capsys)
+    monkeypatch.setattr(torch, "save", real)
+    assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.pt").exists()
+    st = _status(out)
+    assert st["status"] == "failed" and "No space left" in st["error"]
+
+
+def test_an_unreadable_checkpoint_with_a_matching_digest_is_one_line(killed_run, capsys):
+    from ies.experiments.checkpoints import file_sha256
+
+    f = killed_run / "checkpoint.pt"
+    f.write_bytes(f.read_bytes()[:1000])  # cut by a tool that then re-recorded the digest
+    (killed_run / "checkpoint.pt.sha256").write_text(file_sha256(f))
+    assert main(["train", "--resume", str(killed_run), "--quiet"]) == 2
+    assert "cannot read checkpoint" in _one_line(capsys)
+    assert _status(killed_run)["status"] == "failed"

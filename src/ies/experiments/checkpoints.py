@@ -41,6 +41,8 @@ def write_checkpoint(state: Dict[str, Any], path: Path) -> str:
         with open(tmp, "wb") as f:
             try:
                 torch.save(state, f)
+            except OSError as e:  # name the checkpoint, not the tmp file (or nothing)
+                raise OSError(e.errno or errno.EIO, e.strerror or str(e), str(path)) from None
             except RuntimeError as e:  # torch's stream writer says "failed writing file", not why or which
                 raise OSError(errno.EIO, f"writing failed ({str(e).splitlines()[0]}); "
                               "is the disk full?", str(path)) from None
