@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .tracker import IES
 
 __all__ = ["INT16_MAX", "EPOCH_TENSORS", "count_dtype", "epoch_dtype", "bytes_per_sample", "interval_of",
-           "doublings_of", "next_doublings", "widen_if_needed", "saved_dtypes", "to_current"]
+           "doublings_of", "next_backoff", "widen_if_needed", "saved_dtypes", "to_current"]
 
 INT16_MAX = 32767
 EPOCH_TENSORS = ("times_excluded", "times_reincluded", "first_mastered", "probe_due")
@@ -74,11 +74,18 @@ def doublings_of(interval: Tensor, first: int, cap: int) -> Tensor:
     return k
 
 
-def next_doublings(k: Tensor, grow: Tensor, newly: Tensor, first: int, cap: int) -> Tensor:
-    """As :func:`ies.probing.backoff_next` changes the interval: doubled (up to ``cap``) where
-    ``grow``, back to ``first`` where ``newly``."""
-    k = k + (grow & (k < _levels(first, cap))).to(torch.uint8)
-    return k.mul_((~newly).to(torch.uint8))
+def next_backoff(k: Tensor, due: Tensor, grow: Tensor, newly: Tensor, epoch: int, first: int,
+                 cap: int) -> Tuple[Tensor, Tensor]:
+    """:func:`ies.probing.backoff_next` on this layout: ``(doublings, due)`` after ``epoch``.
+
+    Where ``grow`` the interval doubles (up to ``cap``) and the sample is due that many epochs
+    later; where ``newly`` it starts again at ``first`` and is due at the end of the next epoch.
+    Integer arithmetic in ``due``'s dtype (``widen_if_needed`` keeps the values in range)."""
+    g, nw = grow.to(due.dtype), newly.to(due.dtype)
+    k = (k + grow.to(torch.uint8)).clamp_(max=_levels(first, cap)).mul_((~newly).to(torch.uint8))
+    interval = interval_of(k, first, cap).to(due.dtype)
+    due = due + g * (interval + epoch - due)
+    return k, due.add_(nw * (epoch + 1 - due))
 
 
 def widen_if_needed(tracker: "IES") -> None:

@@ -31,8 +31,8 @@ from .config import IESConfig
 from .criterion import column_criterion, history_length
 from .history import RingHistory
 from .planning import choose_excluded, keep_at_random, loaded_kept
-from .probing import backoff_next, probe_losses, staggered_due
-from .layout import count_dtype, epoch_dtype, interval_of, doublings_of, next_doublings, widen_if_needed
+from .probing import probe_losses, staggered_due
+from .layout import count_dtype, epoch_dtype, interval_of, doublings_of, next_backoff, widen_if_needed
 from .records import EpochRecord, EpochRecords
 from .state import STATE_VERSION, check_record, check_state, memory_check, misuse_messages
 
@@ -293,16 +293,14 @@ class IES:
         """Per-sample counters and the back-off schedule, from this epoch's and the next's excluded sets."""
         c = self.config
         if c.probe_backoff:
-            stays, newly = was & nxt, nxt & ~was
-            _, due = backoff_next(self.probe_interval, self.probe_due, probed, stays, newly, self.epoch,
-                                  first=c.probe_every, cap=c.probe_max_interval)
-            self.probe_due = due.to(self.probe_due.dtype)  # fits: widen_if_needed ran at the start of step()
-            self.probe_doublings = next_doublings(self.probe_doublings, probed & stays, newly, c.probe_every,
-                                                  c.probe_max_interval)
+            self.probe_doublings, self.probe_due = next_backoff(  # as ies.probing.backoff_next, on this layout
+                self.probe_doublings, self.probe_due, probed & was & nxt, nxt & ~was, self.epoch,
+                first=c.probe_every, cap=c.probe_max_interval)
         self.times_excluded.add_(nxt)
         self.times_reincluded.add_(was & ~nxt)
-        first = (nxt & (self.first_mastered < 0)).to(self.first_mastered.dtype)  # arithmetic: masked_fill is slow on CPU
-        self.first_mastered += first * (self.epoch + 1 - self.first_mastered)
+        fm = self.first_mastered  # where nxt and never excluded (-1): epoch + 1; arithmetic, no slow masked_fill
+        first = (fm >> (fm.element_size() * 8 - 1)).neg_() & nxt.to(fm.dtype)
+        fm += first * (self.epoch + 1 - fm)
 
     def _close(self, nxt: Tensor, n_excl: int, n_mast: int, n_new: int, n_back: int, n_next: int, n_nonfinite: int,
                n_twice: int, n_while_excl: int, n_unrec: int, n_got: int) -> EpochStats:
