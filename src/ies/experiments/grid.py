@@ -47,8 +47,10 @@ def train_run(cfg: RunConfig, run_dir: Path, *, data: Optional[TensorData] = Non
 
     Without ``resume`` the folder must be new or empty. With it, a missing folder starts fresh, a
     folder that never finished an epoch starts again, and any other continues from its
-    checkpoint. ``KeyboardInterrupt`` marks the run ``interrupted`` (the last checkpoint stays);
-    any other exception marks it ``failed`` and propagates.
+    checkpoint (checksum and values checked first). The folder is locked while the run trains
+    (:class:`~ies.experiments.runlock.FolderLocked` if another process holds it).
+    ``KeyboardInterrupt`` marks the run ``interrupted`` (the last checkpoint stays); any other
+    exception marks it ``failed`` with the reason and propagates.
     """
     cfg = cfg.resolved()
     folder = RunFolder(run_dir)
@@ -57,7 +59,7 @@ def train_run(cfg: RunConfig, run_dir: Path, *, data: Optional[TensorData] = Non
     with locked(folder.path):  # FolderLocked if another process runs it
         remove_orphan_tmp(folder.path)
         state = _open(folder, cfg, extra, resume)
-        if state == "complete":
+        if state is _COMPLETE:
             return None
         try:
             res = run_training(cfg, data, on_epoch=on_epoch, keep_model=keep_model, callbacks=callbacks,
@@ -72,8 +74,11 @@ def train_run(cfg: RunConfig, run_dir: Path, *, data: Optional[TensorData] = Non
     return res
 
 
+_COMPLETE = object()  # _open's answer for a run that resume finds complete
+
+
 def _open(folder: RunFolder, cfg: RunConfig, extra: Optional[Dict[str, Any]], resume: bool) -> Any:
-    """Start the run in its locked folder, or (``resume``) its checked checkpoint, None, or ``"complete"``.
+    """Start the run in its locked folder, or (``resume``) its checked checkpoint, None, or ``_COMPLETE``.
 
     A checkpoint that fails its checksum or value checks marks the run ``failed`` with the reason.
     """
@@ -81,7 +86,7 @@ def _open(folder: RunFolder, cfg: RunConfig, extra: Optional[Dict[str, Any]], re
         folder.start(cfg.to_dict(), extra, claim=not resume)
         return None
     if folder.status()["status"] == "complete":
-        return "complete"
+        return _COMPLETE
     try:
         state = folder.checkpoint(cfg.to_dict())
     except RunFolderError as e:
