@@ -381,3 +381,23 @@ def test_an_unreadable_checkpoint_with_a_matching_digest_is_one_line(killed_run,
     assert main(["train", "--resume", str(killed_run), "--quiet"]) == 2
     assert "cannot read checkpoint" in _one_line(capsys)
     assert _status(killed_run)["status"] == "failed"
+
+
+def test_save_run_locks_and_writes_a_complete_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from ies.experiments.runs import save_run
+
+    res = SimpleNamespace(config={"method": "none"}, epochs=[{"epoch": 1, "test_acc": 50.0}],
+                          summary={"final_test_acc": 50.0}, per_sample={"loss": torch.zeros(3)})
+    d = save_run(res, tmp_path / "a")
+    assert _status(d)["status"] == "complete" and (d / "per_sample.npz").exists()
+    busy = tmp_path / "b"
+    busy.mkdir()
+    fd = _hold(busy, pid=77)
+    try:
+        with pytest.raises(FolderLocked, match="process 77"):
+            save_run(res, busy)
+    finally:
+        os.close(fd)
+    assert not (busy / "config.json").exists()

@@ -72,9 +72,11 @@ def _refuse(folder: Path, who: Optional[Dict[str, Any]]) -> FolderLocked:
 
 
 def _flock(fd: int) -> bool:
-    """True if locked, False if another process holds it; None-like fallback raises OSError."""
-    import fcntl
-
+    """True if locked, False if another process holds it; OSError where ``flock`` is not available."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the recorded holder decides
+        raise OSError(errno.ENOSYS, "flock is not available") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True

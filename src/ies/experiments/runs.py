@@ -312,8 +312,14 @@ class RunFolder:
 def save_run(result: Any, run_dir: os.PathLike, *, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write a finished :class:`~ies.experiments.engine.RunResult` into a new folder (or an empty one)."""
     folder = RunFolder(run_dir)
-    folder.start(result.config, extra)
-    folder.complete(result)
+    if not folder.path.exists():
+        make_dir(folder.path)
+    acquire(folder.path)
+    try:
+        folder.start(result.config, extra)
+        folder.complete(result)
+    finally:
+        release(folder.path)
     return folder.path
 
 
