@@ -401,3 +401,26 @@ def test_save_run_locks_and_writes_a_complete_folder(tmp_path):
     finally:
         os.close(fd)
     assert not (busy / "config.json").exists()
+
+
+def test_without_flock_the_recorded_pid_and_host_decide(tmp_path, monkeypatch):
+    from ies.experiments import runlock
+
+    def no_flock(fd):
+        raise OSError(38, "flock is not available")
+
+    monkeypatch.setattr(runlock, "_flock", no_flock)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "since": "x"}))
+        with pytest.raises(FolderLocked, match=f"process {live.pid}"):
+            acquire(tmp_path)
+    finally:
+        live.kill()
+        live.wait()
+    acquire(tmp_path)  # the holder's pid is gone: stale, taken over
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    release(tmp_path)
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-host", "since": "x"}))
+    with pytest.raises(FolderLocked, match=f"another-host.*if that run is gone, delete {tmp_path / LOCK_NAME}"):
+        acquire(tmp_path)  # another host's pid cannot be checked from here

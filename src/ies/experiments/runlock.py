@@ -62,13 +62,25 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
+def _stale(who: Optional[Dict[str, Any]]) -> bool:
+    """Without ``flock``: no holder, this process, or a pid on this host that is gone. A holder on
+    another host cannot be checked from here, so it counts as live (the refusal says how to clear it)."""
+    if not who:
+        return True
+    if who.get("host") != socket.gethostname():
+        return False
+    return who.get("pid") == os.getpid() or not _pid_alive(who.get("pid"))
+
+
 def _refuse(folder: Path, who: Optional[Dict[str, Any]]) -> FolderLocked:
     if who:
         by = f"process {who.get('pid')} on {who.get('host')} (since {who.get('since')})"
     else:
         by = "another process"
-    return FolderLocked(f"{folder} is in use by {by}; wait for it to finish or stop it, then run again "
-                        f"(a crashed run's lock is released by the system; {LOCK_NAME} records the holder)")
+    elsewhere = bool(who) and who.get("host") != socket.gethostname()
+    clear = f"; if that run is gone, delete {folder / LOCK_NAME}" if elsewhere else \
+        f" (a crashed run's lock is released by the system; {LOCK_NAME} records the holder)"
+    return FolderLocked(f"{folder} is in use by {by}; wait for it to finish or stop it, then run again{clear}")
 
 
 def _flock(fd: int) -> bool:
@@ -102,10 +114,8 @@ def acquire(folder: os.PathLike) -> None:
                              "and the disk is not full") from None
     try:
         ok = _flock(fd)
-    except OSError:  # no flock here: decide by the recorded holder
-        who = holder(folder)
-        ok = not (who and who.get("host") == socket.gethostname() and who.get("pid") != os.getpid()
-                  and _pid_alive(who.get("pid")))
+    except OSError:  # no flock here: the recorded holder decides
+        ok = _stale(holder(folder))
     if not ok:
         who = holder(folder)
         os.close(fd)
