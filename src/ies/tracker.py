@@ -281,8 +281,9 @@ class IES:
                 nxt = self._keep_some(nxt)
         else:  # (a state saved with removal and loaded with threshold 0 brings everyone back)
             mastered = nxt = torch.zeros_like(was)
-        self._update_counters(was, nxt, probed)
         t = rec.tally(was, mastered, nxt)  # the epoch's counts: one bincount, the one host sync of the epoch
+        if t["excluded"] or t["next"]:  # with nobody excluded now or next, every counter update is a no-op
+            self._update_counters(was, nxt, probed)
         n_excl, n_next, n_both, n_while = t["excluded"], t["next"], t["both"], t["while_excluded"]
         stats = self._close(nxt, n_excl, t["mastered"], n_next - n_both, n_excl - n_both, n_next, t["nonfinite"],
                             t["twice"], n_while, self.num_samples - n_excl - t["trained"] + n_while, t["got"])
