@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ies import IES, IESConfig
+from ies import IES, IESConfig, IESWarning
 
 
 def tr4(**kw) -> IES:
@@ -76,7 +76,8 @@ def test_index_and_loss_dtypes() -> None:
 def test_empty_record_is_fine() -> None:
     t = tr4()
     t.record(torch.zeros(0, dtype=torch.int64), torch.zeros(0))
-    assert t.step().trained == 0
+    with pytest.warns(IESWarning, match="4 samples were active but no training loss was recorded"):
+        assert t.step().trained == 0
 
 
 # --------------------------------------------------------------------------- configuration
@@ -138,7 +139,8 @@ def test_load_state_with_another_rule_shape(kw) -> None:
 def test_load_state_threshold_may_differ() -> None:
     sd = tr4(threshold=0.5).state_dict()
     t = tr4(threshold=1e-3)
-    t.load_state_dict(sd)
+    with pytest.warns(IESWarning, match=r"saved with other rule settings \{'threshold': \(0.5, 0.001\)\}"):
+        t.load_state_dict(sd)
     assert t.config.threshold == 1e-3  # the current tracker's threshold is kept
 
 
@@ -187,7 +189,11 @@ def test_nonfinite_losses_are_counted_not_raised(bad: float) -> None:
         t.record(idx[active], vals[active])
         if (~active).any():
             t.record_probe(idx[~active], vals[~active])
-        s = t.step()
+        if e == 4:  # two of three non-finite: more than half, so IES says training likely diverged
+            with pytest.warns(IESWarning, match="2 of 3 recorded losses are not finite"):
+                s = t.step()
+        else:
+            s = t.step()
         assert s.nonfinite == {4: 2, 5: 1}.get(e, 0)
         ex = t.excluded.tolist()
         # sample 0: six zeros after epoch 5. sample 1: non-finite at 4, so the first six finite

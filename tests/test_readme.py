@@ -3,12 +3,27 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _counting(recorded: list):
+    """The ``ies`` module, with IES.record counting the samples each call trains."""
+    import types
+
+    import ies
+
+    class Counting(ies.IES):
+        def record(self, idx, losses, **kw):
+            recorded.append(int(idx.numel()))
+            return super().record(idx, losses, **kw)
+
+    return types.SimpleNamespace(**{**{k: getattr(ies, k) for k in ies.__all__}, "IES": Counting})
 
 
 def _diff_block() -> list:
@@ -35,13 +50,19 @@ def test_readme_diff_runs_and_trains_with_ies():
     with torch.no_grad():
         initial = F.cross_entropy(model(x), y).item()
     scope = {
-        "MyDataset": lambda: TensorDataset(x, y), "model": model, "epochs": 8, "F": F, "nn": nn,
+        "MyDataset": lambda: TensorDataset(x, y), "model": model, "epochs": 20, "F": F, "nn": nn,
         "DataLoader": DataLoader, "opt": torch.optim.SGD(model.parameters(), lr=0.1),
     }
-    exec(compile(after, str(README), "exec"), scope)
+    recorded: list = []
+    assert "import ies" in after.splitlines()
+    scope["ies"] = _counting(recorded)  # the README's own `import ies`, with IES.record counted
+    exec(compile(after.replace("import ies\n", "", 1), str(README), "exec"), scope)
     tracker, stats = scope["tracker"], scope["stats"]
-    assert stats.epoch == 7 and tracker.epoch == 8
-    # Every sample was recorded every epoch (trained or scored): its history is full.
-    assert int(tracker.state_dict()["count"].min()) == 8
+    assert stats.epoch == 19 and tracker.epoch == 20
+    # The saving it reports is what the loop did: 1 - samples trained / (N * epochs), counted by hand.
+    hand = 1 - sum(recorded) / (96 * 20)
+    assert stats.backprop_saved == pytest.approx(hand)
+    if tracker.config.target_saving is not None:  # the README asks for a target: met
+        assert hand == pytest.approx(tracker.config.target_saving, abs=0.02)
     with torch.no_grad():
         assert F.cross_entropy(model(x), y).item() < initial - 0.05  # the loop really trained the model

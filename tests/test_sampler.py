@@ -21,8 +21,10 @@ def fast_tracker(n: int) -> IES:
 def epoch_with(tr: IES, excluded_next: Iterable[int]) -> None:
     """Record one epoch so that after two such epochs exactly ``excluded_next`` is excluded."""
     ex = set(excluded_next)
-    idx = torch.arange(tr.num_samples)
-    tr.record(idx, torch.tensor([0.0 if i in ex else 1.0 for i in range(tr.num_samples)]))
+    idx, act = torch.arange(tr.num_samples), tr.active_mask
+    losses = torch.tensor([0.0 if i in ex else 1.0 for i in range(tr.num_samples)])
+    tr.record(idx[act], losses[act])  # trained
+    tr.record_probe(idx[~act], losses[~act])  # excluded: measured by the probe pass
     tr.step()
 
 

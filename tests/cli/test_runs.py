@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ies import IESWarning
 from ies.cli import main
 from ies.experiments import engine
 from ies.experiments.runs import prepare_out
@@ -107,11 +108,13 @@ def test_internal_errors_keep_their_traceback(tmp_path, monkeypatch):
 
 def test_an_epoch_of_nonfinite_losses_stops_the_run(tmp_path, capsys):
     out = tmp_path / "o"
-    assert main(["train", *TINY, "--lr", "1e30", "--optimizer", "sgd-f", "--out", str(out)]) == 1
+    with pytest.warns(IESWarning, match="recorded losses are not finite: training has likely diverged"):
+        assert main(["train", *TINY, "--lr", "1e30", "--optimizer", "sgd-f", "--out", str(out)]) == 1
     assert "NaN or infinite" in capsys.readouterr().err
     assert _status(out) == "failed"
-    assert main(["train", *TINY, "--lr", "1e30", "--optimizer", "sgd-f", "--allow-nonfinite",
-                 "--out", str(tmp_path / "o2")]) == 0
+    with pytest.warns(IESWarning, match="recorded losses are not finite"):
+        assert main(["train", *TINY, "--lr", "1e30", "--optimizer", "sgd-f", "--allow-nonfinite",
+                     "--out", str(tmp_path / "o2")]) == 0
 
 
 @pytest.fixture(scope="module")
