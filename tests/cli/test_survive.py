@@ -424,3 +424,24 @@ def test_without_flock_the_recorded_pid_and_host_decide(tmp_path, monkeypatch):
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-host", "since": "x"}))
     with pytest.raises(FolderLocked, match=f"another-host.*if that run is gone, delete {tmp_path / LOCK_NAME}"):
         acquire(tmp_path)  # another host's pid cannot be checked from here
+
+
+def test_a_full_disk_while_completing_ends_the_run_failed(tmp_path, monkeypatch, capsys):
+    from ies.experiments import runs
+
+    real = runs.atomic_write_json
+
+    def full_on_summary(path, obj, **k):
+        if Path(path).name == "summary.json":
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, obj, **k)
+
+    monkeypatch.setattr(runs, "atomic_write_json", full_on_summary)
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 1
+    assert "summary.json" in _one_line(capsys)
+    st = _status(out)
+    assert st["status"] == "failed" and "No space left" in st["error"] and st["epochs_done"] == 2
+    monkeypatch.setattr(runs, "atomic_write_json", real)
+    assert main(["train", "--resume", str(out), "-q"]) == 0  # space freed: the last checkpoint finishes it
+    assert _status(out)["status"] == "complete"

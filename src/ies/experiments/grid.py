@@ -64,13 +64,13 @@ def train_run(cfg: RunConfig, run_dir: Path, *, data: Optional[TensorData] = Non
         try:
             res = run_training(cfg, data, on_epoch=on_epoch, keep_model=keep_model, callbacks=callbacks,
                                on_checkpoint=folder.save_epoch, resume=state, allow_nonfinite=allow_nonfinite)
+            folder.complete(res)  # a full disk here too ends the run failed, with the reason
         except KeyboardInterrupt as e:
             folder.fail(e, interrupted=True)
             raise
         except BaseException as e:
             folder.fail(e)
             raise
-        folder.complete(res)
     return res
 
 
