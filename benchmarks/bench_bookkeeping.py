@@ -224,6 +224,29 @@ def bench(n: int, repeats: int, slow_repeats: int, bs: int) -> dict:
     }
 
 
+def profile_step(n: int, bs: int) -> None:
+    """cProfile (CPU time) of one step() after the warm-up, the records of a full epoch queued."""
+    import cProfile
+    import pstats
+
+    torch.set_num_threads(1)
+    data, tr = Losses(n), IES(n)
+    for e in range(8):
+        train, score = batches(tr.active_indices(), tr.excluded_indices(), data.epoch(e), e, bs)
+        if e < 7:
+            run_fast(tr, train, score)
+    for idx, val in train:
+        tr.record(idx, val)
+    for idx, val in score:
+        tr.record_probe(idx, val)
+    prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    tr.step()
+    prof.disable()
+    print(f"one step() at N = {n:,} (CPU time, load average {_load()}):")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+
+
 def _load() -> str:
     try:
         return " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -244,7 +267,11 @@ def main() -> None:
     ap.add_argument("--min-speedup", type=float, default=50.0)
     ap.add_argument("--max-step-ms", type=float, default=30.0, help="target for the step at N=1,281,167")
     ap.add_argument("--tiny", action="store_true", help="N = 2,000, 1 repeat, no targets: a quick check that it runs")
+    ap.add_argument("--profile-step", type=int, default=0, metavar="N",
+                    help="only profile one warm step() at N (cProfile on CPU time): where the step's time goes")
     args = ap.parse_args()
+    if args.profile_step:
+        return profile_step(args.profile_step, args.batch_size)
     if args.tiny:
         args.sizes, args.repeats, args.slow_repeats = "2000", 1, 1
     if args.threads > 0:

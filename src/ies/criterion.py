@@ -109,7 +109,7 @@ def column_criterion(cols: Sequence[Tensor], count: Tensor, *, order: int, windo
     # Losses 1..H-1 all feed the criterion, so it is finite only if they are; check the oldest.
     # inf where (count < H) or a loss is not finite, as arithmetic on a value >= 0 (isfinite and
     # masked_fill on floats are ~10x slower on CPU): x * 0 is NaN for a non-finite x, else +-0.
-    value.add_(cols[0] * 0)
+    value.add_(cols[0], alpha=0)
     short = (count < len(cols)).to(torch.int32).mul_(0x7F800000).view(torch.float32)  # +inf or 0.0
     return value.add_(short).nan_to_num_(nan=math.inf, posinf=math.inf)
 

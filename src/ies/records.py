@@ -29,6 +29,11 @@ SYNCED = 16  # bit 4: merged with the other ranks' records and not recorded sinc
 _TALLY = ("excluded", "mastered", "both", "next", "nonfinite", "twice", "while_excluded", "trained", "got")
 
 
+def _u8(mask: Tensor) -> Tensor:
+    """A bool tensor's bytes as uint8 (a view when contiguous, no copy)."""
+    return mask.view(torch.uint8) if mask.is_contiguous() else mask.to(torch.uint8)
+
+
 class EpochRecords:
     """``pending`` losses ``(N,)`` and one byte of record flags per sample for this epoch."""
 
@@ -179,7 +184,7 @@ class EpochRecords:
         (recorded, loss not finite), ``twice`` (recorded more than once, either kind), ``while_excluded``
         (``was`` and trained), ``trained``, ``got`` (recorded).
         """
-        code = (self.flags & 15) | (was.to(torch.uint8) << 4) | (mastered.to(torch.uint8) << 5) | (nxt.to(torch.uint8) << 6)
+        code = (self.flags & 15) | (_u8(was) << 4) | (_u8(mastered) << 5) | (_u8(nxt) << 6)
         if self.maybe_nonfinite:
             code |= (~torch.isfinite(self.pending)).to(torch.uint8) << 7
         bins = torch.bincount(code.to(torch.int64) if code.device.type != "cpu" else code, minlength=256).tolist()

@@ -30,9 +30,9 @@ from .accounting import MEASURED, Accounting, EpochStats
 from .config import IESConfig
 from .criterion import column_criterion, history_length
 from .history import RingHistory
+from .layout import count_dtype, doublings_of, epoch_dtype, interval_of, next_backoff, widen_if_needed
 from .planning import choose_excluded, keep_at_random, loaded_kept
 from .probing import probe_losses, staggered_due
-from .layout import count_dtype, epoch_dtype, interval_of, doublings_of, next_backoff, widen_if_needed
 from .records import EpochRecord, EpochRecords
 from .state import STATE_VERSION, check_record, check_state, memory_check, misuse_messages
 
