@@ -467,3 +467,26 @@ def test_a_version_2_state_loads_into_the_small_layout() -> None:
     bad = dict(v2, count=v2["count"].to(torch.uint8))  # a version-2 state holds int32 counts
     with pytest.raises(ValueError, match=r"'count' must be a torch.int32 tensor .*state version 2"):
         IES(50, order=1, window=2, m=1).load_state_dict(bad)
+
+
+def test_the_device_write_path_on_cpu_tensors(monkeypatch) -> None:
+    """The off-CPU path of ies.records (each call written at once, checks reported at step()), run on CPU
+    tensors by making the records believe they live elsewhere: same results as the queued CPU path."""
+    from types import SimpleNamespace
+    a, b = IES(6, order=0, window=1, m=1), IES(6, order=0, window=1, m=1)
+    b._records.device = SimpleNamespace(type="cuda")
+    b._records.maybe_nonfinite = True  # as built on a GPU: the non-finite count is always exact there
+    for t in (a, b):
+        t.record(torch.tensor([0, 1, 2]), torch.tensor([0.5, 1.0, 1.5]))
+        t.record(torch.tensor([2, 3]), torch.tensor([2.0, 2.5]))  # 2 again: recorded more than once
+        t.record_probe(torch.tensor([4, 5]), torch.tensor([float("nan"), 3.0]))
+    assert torch.equal(a.train_records, b.train_records) and a.train_records.tolist() == [1, 1, 2, 1, 0, 0]
+    with pytest.warns(IESWarning):
+        sa = a.step()
+    with pytest.warns(IESWarning):
+        sb = b.step()
+    assert sa.counts() == sb.counts() and sa.nonfinite == 1
+    assert torch.equal(a.history.nan_to_num(-1), b.history.nan_to_num(-1))
+    b.record(torch.tensor([1, 1]), torch.tensor([0.1, 0.2]))  # a repeated index in one call: reported at step()
+    with pytest.raises(ValueError, match="duplicate index"):
+        b.step()
