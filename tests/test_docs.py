@@ -146,7 +146,8 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
 
 
 # A snippet is a fragment of a loop: the IESWarnings it may raise are the documented ones (docs/usage.md's table).
-DOCUMENTED_WARNINGS = ("samples were active but no training loss was recorded", "saved with other rule settings")
+DOCUMENTED_WARNINGS = ("samples were active but no training loss was recorded", "saved with other rule settings",
+                       "recorded losses are not finite")
 
 
 def _check_warnings(b: Block, caught) -> None:
@@ -236,7 +237,10 @@ def test_ies_commands_run_at_a_tiny_size(cmd, tmp_path, monkeypatch, capsys):
         return
     monkeypatch.chdir(tmp_path)
     _prepare(cmd)
-    rc = main(_tiny(argv, tmp_path / "out"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(_tiny(argv, tmp_path / "out"))
+    _check_warnings(cmd, caught)
     err = capsys.readouterr().err
     expected = _expected_status(cmd)
     if expected:  # a documented error probe: one line naming the problem, the documented status
@@ -332,3 +336,25 @@ def doctest_namespace() -> Dict[str, object]:
 def _imported(test: doctest.DocTest, module) -> bool:
     """A doctest of an object defined in another module (found through an import) is that module's."""
     return bool(test.filename) and Path(test.filename).resolve() != Path(module.__file__).resolve()
+
+
+# ----------------------------------------------------------------------------- quoted figures
+QUOTE = re.compile(r"`((?:\.venv/bin/)?ies [a-z][^`]*)`\s+(?:reported|stops with|prints)\s+`([^`]+)`")
+QUOTED = [(p, " ".join(m.group(1).split()), m.group(2)) for p in DOCS
+          for m in QUOTE.finditer(" ".join(p.read_text().split()))]
+
+
+def test_the_docs_quote_figures():
+    assert any(p.name == "usage.md" and "30.0%" in said for p, _, said in QUOTED)
+
+
+@pytest.mark.slow  # a real run of each quoted command, at the size the page gives
+@pytest.mark.parametrize("page, command, said", QUOTED, ids=lambda v: str(v)[-40:])
+def test_a_quoted_figure_is_what_the_command_prints(page, command, said, tmp_path, monkeypatch, capsys):
+    from ies.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(shlex.split(command)[1:] + ["--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    pattern = ".*".join(re.escape(part.strip()) for part in said.split("..."))
+    assert re.search(pattern, out.out + out.err, re.S), f"{page.name}: `{command}` printed\n{out.out}{out.err}"
