@@ -445,3 +445,47 @@ def test_a_full_disk_while_completing_ends_the_run_failed(tmp_path, monkeypatch,
     monkeypatch.setattr(runs, "atomic_write_json", real)
     assert main(["train", "--resume", str(out), "-q"]) == 0  # space freed: the last checkpoint finishes it
     assert _status(out)["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_repeated_sigkills_at_random_moments_resume_to_the_uninterrupted_metrics(tmp_path):
+    """Kills land anywhere (mid-checkpoint, between the digest files, mid-status): every resume's
+    checksum check passes and the final metrics equal an uninterrupted run's."""
+    import csv
+    import random
+    import signal
+    import time
+
+    run = ["--epochs", "40", "--train-size", "300", "-q"]
+    ref = tmp_path / "ref"
+    assert main(["train", *run, "--out", str(ref)]) == 0
+    out = tmp_path / "r"
+    rng = random.Random(21)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [*run, "--out", str(out)]
+    kills = 0
+    for _ in range(8):
+        child = subprocess.Popen([sys.executable, "-m", "ies", "train", *argv], stderr=subprocess.PIPE, text=True,
+                                 env=env)
+        n0 = len((out / "metrics.csv").read_text().splitlines()) if (out / "metrics.csv").exists() else 0
+        while child.poll() is None and not (out / LOCK_NAME).exists():
+            time.sleep(0.005)  # the folder is locked just before this run starts writing into it
+        while child.poll() is None and (out / "metrics.csv").exists() and \
+                len((out / "metrics.csv").read_text().splitlines()) <= n0 and n0:
+            time.sleep(0.005)  # a resume: let it re-read its checkpoint first
+        time.sleep(rng.uniform(0.0, 0.5))
+        child.send_signal(signal.SIGKILL)
+        kills += child.wait() == -signal.SIGKILL
+        if (out / "config.json").exists() and json.loads((out / "config.json").read_text() or "null"):
+            argv = ["--resume", str(out), "-q"]
+        if (out / "status.json").exists() and _status(out)["status"] == "complete":
+            break
+    assert main(["train", *argv]) == 0
+    wall = {"train_seconds", "probe_seconds", "wall_seconds", "probe_share"}
+
+    def rows(d):
+        with open(d / "metrics.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k not in wall} for r in csv.DictReader(f)]
+
+    assert kills >= 4 and rows(out) == rows(ref)
+    assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.pt").exists()

@@ -86,6 +86,7 @@ def _open(folder: RunFolder, cfg: RunConfig, extra: Optional[Dict[str, Any]], re
         folder.start(cfg.to_dict(), extra, claim=not resume)
         return None
     if folder.status()["status"] == "complete":
+        folder.drop_checkpoint()
         return _COMPLETE
     try:
         state = folder.checkpoint(cfg.to_dict())

@@ -291,6 +291,11 @@ class RunFolder:
             np.savez(buf, **{k: v.numpy() for k, v in result.per_sample.items()})
             atomic_write_bytes(self.path / "per_sample.npz", buf.getvalue())
         self._mark("complete", len(result.epochs))
+        self.drop_checkpoint()
+
+    def drop_checkpoint(self) -> None:
+        """Remove a complete run's checkpoint, its digest and tmp files (also what a kill right after
+        ``complete`` was marked left behind)."""
         (self.path / CHECKPOINT).unlink(missing_ok=True)
         (self.path / (CHECKPOINT + SIDECAR)).unlink(missing_ok=True)
         remove_orphan_tmp(self.path)
