@@ -314,3 +314,21 @@ def test_every_sample_mastered_ends_the_run_in_ies_words(tmp_path, capsys):
     # logging_strategy="no": IES logs nothing, and prints nothing of its own
     assert not [h for h in tr.state.log_history if any(k.startswith("ies/") for k in h)]
     assert "ies/" not in capsys.readouterr().out
+
+
+def test_ies_state_of_another_version_or_step_is_refused(tmp_path):
+    """The saved version and global step are read back: a state that does not belong is refused."""
+    tr = IESTrainer(model=bert(), args=args(tmp_path, 1, save_strategy="epoch"), train_dataset=cls_data(),
+                    ies_kwargs=RULE)
+    tr.train()
+    ckpt = tmp_path / f"checkpoint-{tr.state.global_step}"
+    saved = torch.load(ckpt / IES_STATE_NAME, weights_only=True)
+    assert saved["version"] == 1 and saved["global_step"] == tr.state.global_step
+    torch.save({**saved, "version": 2}, ckpt / IES_STATE_NAME)
+    again = IESTrainer(model=bert(), args=args(tmp_path, 2), train_dataset=cls_data(), ies_kwargs=RULE)
+    with pytest.raises(ValueError, match="IES state version 2; this ies reads version 1"):
+        again.train(resume_from_checkpoint=str(ckpt))
+    if RESUMES:  # the step check runs where the Trainer resumes at all
+        torch.save({**saved, "global_step": saved["global_step"] - 1}, ckpt / IES_STATE_NAME)
+        with pytest.raises(ValueError, match="was saved at step"):
+            again.train(resume_from_checkpoint=str(ckpt))

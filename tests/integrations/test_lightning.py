@@ -375,3 +375,12 @@ def test_datamodule_the_callback_learns_the_size_from_the_data(tmp_path):
     assert cb2.tracker.epoch == 5 and probe2.excluded[4] == ref[4]
     with pytest.raises(ValueError, match=r"2 IESCallback\(s\); pass exactly one"):
         ies_sampler(types.SimpleNamespace(callbacks=[cb, cb2]), make_data())
+
+
+def test_a_checkpoint_of_another_state_version_is_refused():
+    cb = new_cb()
+    state = {"version": 99, "tracker": IES(N, **RULE).state_dict()}
+    with pytest.raises(ValueError, match="IESCallback state has version 99; this ies reads version 1"):
+        cb.load_state_dict(state)
+    cb.load_state_dict({**state, "version": 1})
+    assert cb.tracker.epoch == 0
