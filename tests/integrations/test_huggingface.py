@@ -332,3 +332,18 @@ def test_ies_state_of_another_version_or_step_is_refused(tmp_path):
         torch.save({**saved, "global_step": saved["global_step"] - 1}, ckpt / IES_STATE_NAME)
         with pytest.raises(ValueError, match="was saved at step"):
             again.train(resume_from_checkpoint=str(ckpt))
+
+
+def test_auto_loss_type_from_public_model_api():
+    """A left-to-right generator (can_generate(), not encoder-decoder) is a causal LM; other 3-D logits are token losses."""
+    from transformers import BertForMaskedLM
+
+    from ies.integrations.hf_rows import auto_loss_type
+
+    logits, labels = torch.zeros(2, 4, V), torch.zeros(2, 4, dtype=torch.long)
+    assert auto_loss_type(gpt2(), logits, labels) == "causal_lm"
+    masked = BertForMaskedLM(bert().config)
+    assert auto_loss_type(masked, logits, labels) == "token"
+    assert auto_loss_type(torch.nn.Linear(2, 2), logits, labels) == "token"  # no can_generate(): not a causal LM
+    assert auto_loss_type(bert(), torch.zeros(2, 2), torch.tensor([0, 1])) == "classification"
+    assert auto_loss_type(bert(), torch.zeros(2, 1), torch.tensor([0.5, 1.5])) == "regression"
