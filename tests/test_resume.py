@@ -129,7 +129,9 @@ def test_state_dict_round_trip_mid_epoch(tmp_path) -> None:
     traces = torch.linspace(0, 1, n).expand(8, n)  # a constant loss per sample
     a = IES(n, threshold=1e-2)
     for e in range(8):  # warm history: judged and excluded
-        a.record(torch.arange(n), traces[e])
+        act = a.active_mask
+        a.record(torch.arange(n)[act], traces[e][act])
+        a.record_probe(torch.arange(n)[~act], traces[e][~act])  # excluded: probed, not trained
         a.step()
     assert a.excluded.all()
     a.excluded[:5] = False  # not reachable by the rule, but state is state

@@ -124,7 +124,9 @@ def test_linear_schedule_ends_at_its_final_lr_although_epochs_shrink():
             k += 1
         steps.append(k)
         lrs_at_epoch_end.append(sched.get_last_lr()[0])
-        ies.record(idx_all, torch.where(idx_all < 10 * (e + 1), 0.1, 1.0))  # more samples mastered each epoch
+        losses, act = torch.where(idx_all < 10 * (e + 1), 0.1, 1.0), ies.active_mask  # more mastered each epoch
+        ies.record(idx_all[act], losses[act])
+        ies.record_probe(idx_all[~act], losses[~act])  # the excluded are probed, not trained
         ies.step()
     assert steps[0] > steps[-1]  # epochs did shrink
     assert lrs_at_epoch_end == pytest.approx([0.75, 0.5, 0.25, 0.0])
@@ -167,7 +169,9 @@ def test_worker_dataloader_rereads_the_sampler_each_epoch():
         assert sorted(got.tolist()) == ies.active_indices().tolist()
         sizes.append(got.numel())
         all_idx = torch.arange(N)
-        ies.record(all_idx, torch.where(all_idx < 6 * e, 0.1, 1.0))  # more mastered each epoch
+        losses, act = torch.where(all_idx < 6 * e, 0.1, 1.0), ies.active_mask  # more mastered each epoch
+        ies.record(all_idx[act], losses[act])
+        ies.record_probe(all_idx[~act], losses[~act])  # the excluded are probed, not trained
         ies.step()
     assert sizes == [N, N, N - 6, N - 12]
     assert loader._iterator is first_iterator  # the same persistent workers served every epoch
