@@ -309,3 +309,36 @@ def test_efficient_train_refuses_fixed_size_model_before_training() -> None:
     res = run_training(RunConfig(dataset="fashion-mnist", model="small-cnn", method="efficient-train",
                                  epochs=2, batch_size=16), data)
     assert res.epochs[0]["input_size"] == "14x14"
+
+
+def test_composer_selective_backprop_saves_what_its_schedule_says():
+    """Composer's defaults (keep 0.5 on every 2nd batch, 50-90% of the run) save 10% of backprop,
+    the figure docs/methods.md quotes against ~50% for selective-backprop at beta=1."""
+    p = build_policy("selective-backprop-composer", 64, total_epochs=10)
+    for _ in range(10):
+        for b in range(8):  # 8 batches of 8 per epoch
+            idx = torch.arange(8 * b, 8 * b + 8)
+            losses = torch.rand(8)
+            if not p.selects_next_batch():  # as the engine does: no selection pass, the batch trains in full
+                p.record(idx, losses)
+                continue
+            keep = p.select(idx, losses)  # a selected batch keeps its 4 biggest losses
+            assert int(keep.sum()) == 4 and set(losses[keep].tolist()) == set(losses.topk(4).values.tolist())
+            p.record(idx, losses, backpropagated=4, forward_only=8)
+        p.close_epoch()
+    s = p.summary()
+    assert s["backprop_saved"] == pytest.approx(0.4 * 0.5 * 0.5)
+    sb = build_policy("selective-backprop", 10_000, total_epochs=1, seed=0, beta=1.0, history_size=1024)
+    kept = sum(int(sb.select(torch.arange(i, i + 100), torch.rand(100)).sum()) for i in range(0, 10_000, 100))
+    assert kept / 10_000 == pytest.approx(0.5, abs=0.02)  # ours at the same keep share: about half saved
+
+
+def test_composer_selective_backprop_in_the_engine_counts_every_batch():
+    """Unselected batches train in full and are recorded; selected ones are forwarded twice."""
+    res = mnist1d_run("selective-backprop-composer", 2, keep=0.5, start=0.0, end=1.0, interval=2)
+    s = res.summary
+    n, batches = 200, math.ceil(200 / 32)
+    trained = sum(r["backpropagated"] for r in res.epochs)
+    selected = sum(math.ceil(batches / 2) for _ in res.epochs)  # the first of every 2 batches, each epoch
+    assert 0 < s["backprop_saved"] < 0.5 and trained < n * 2
+    assert sum(r["forward_only"] for r in res.epochs) <= selected * 32

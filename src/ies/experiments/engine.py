@@ -201,7 +201,8 @@ def _train_epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> 
         if run.aug is not None:
             x = run.aug(x)
         x = policy.transform_inputs(x)
-        if policy.needs_selection_pass:  # Selective Backprop: forward all, backprop a subset
+        selected = policy.selects_next_batch()
+        if selected:  # Selective Backprop: forward all, backprop a subset
             model.eval()
             with torch.no_grad():
                 sel_losses = run.task.losses(model(x), y)
@@ -220,7 +221,7 @@ def _train_epoch(run: _Run, epoch: int, callbacks: Sequence[EngineCallback]) -> 
         for cb in callbacks:
             cb.after_backward(model, idx, losses.detach())
         opt.step()
-        if not policy.needs_selection_pass:
+        if not selected:
             policy.record(idx, losses)
         loss_sum += losses.detach().sum()
         finite += torch.isfinite(losses.detach()).sum()

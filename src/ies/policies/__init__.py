@@ -2,7 +2,8 @@
 
 Importing this package registers every method: ``ies`` and ``none`` (the paper's method and
 baseline) and the baselines it is compared with (``random``, ``infobatch``, ``early-stop``,
-``selective-backprop``, ``dihcl``, ``efficient-train``); see ``docs/methods.md``.
+``selective-backprop`` and Composer's variant ``selective-backprop-composer``, ``dihcl``,
+``efficient-train``); see ``docs/methods.md``.
 """
 
 from .base import POLICIES, SelectionPolicy, build_policy, policy_names, policy_params, register_policy
@@ -10,10 +11,10 @@ from .ies import IESPolicy, NoRemoval
 from .random_remove import RandomRemove
 from .infobatch import InfoBatch
 from .early_stop import EarlyStopping
-from .selective_backprop import SelectiveBackprop
+from .selective_backprop import ComposerSelectiveBackprop, SelectiveBackprop
 from .dihcl import DIHCL
 from .efficient_train import EfficientTrain
 
 __all__ = ["POLICIES", "SelectionPolicy", "build_policy", "policy_names", "policy_params", "register_policy",
-           "IESPolicy", "NoRemoval", "RandomRemove", "InfoBatch", "EarlyStopping", "SelectiveBackprop", "DIHCL",
+           "IESPolicy", "NoRemoval", "RandomRemove", "InfoBatch", "EarlyStopping", "SelectiveBackprop", "ComposerSelectiveBackprop", "DIHCL",
            "EfficientTrain"]

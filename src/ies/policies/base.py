@@ -89,6 +89,11 @@ class SelectionPolicy:
     #: True if the engine must forward each batch without grad and call ``select`` first.
     needs_selection_pass: ClassVar[bool] = False
 
+    def selects_next_batch(self) -> bool:
+        """Does the next batch get the selection pass? ``needs_selection_pass``, unless a method
+        selects on some batches only (Composer's Selective Backprop); called once per batch."""
+        return self.needs_selection_pass
+
     def __init__(self, num_samples: int, *, total_epochs: int, seed: int = 0, forward_cost: float = 1.0 / 3.0) -> None:
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")

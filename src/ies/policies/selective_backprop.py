@@ -11,7 +11,7 @@ from torch import Tensor
 from .base import SelectionPolicy, register_policy
 from .random_remove import check_int, epoch_generator
 
-__all__ = ["SelectiveBackprop", "LossHistory"]
+__all__ = ["SelectiveBackprop", "ComposerSelectiveBackprop", "LossHistory"]
 
 
 class LossHistory:
@@ -90,7 +90,8 @@ class SelectiveBackprop(SelectionPolicy):
     (``keep=0.5``), only between 50% and 90% of training (``start=0.5, end=0.9``) and only
     on every other batch (``interval=2``), so at its defaults it saves 0.4 x 0.5 x 0.5 = 10%
     of backprop, where this policy at the same keep share (``beta=1``, half kept on average)
-    saves about 50%, from the first epoch to the last. Compare savings, not settings.
+    saves about 50%, from the first epoch to the last (measured: docs/methods.md). Compare
+    savings, not settings; :class:`ComposerSelectiveBackprop` is Composer's rule.
 
     Args:
         beta: selectivity exponent (> 0; the paper uses 1-3, default 1).
@@ -141,3 +142,60 @@ class SelectiveBackprop(SelectionPolicy):
     def load_policy_state(self, state: Dict[str, Any]) -> None:
         self.history.load_state_dict(state["history"])
         self.generator.set_state(state["generator"])
+
+
+@register_policy("selective-backprop-composer")
+class ComposerSelectiveBackprop(SelectionPolicy):
+    """Composer's variant of Selective Backprop (MosaicML Composer, ``SelectiveBackprop``), for comparison.
+
+    In the epochs with ``start <= epoch / total_epochs < end``, on every ``interval``-th batch
+    (the first of each run of ``interval``), the ``keep`` share of the batch with the highest
+    losses (``int(keep * B)``, at least 1) is backpropagated; every other batch trains in full.
+    At Composer's defaults (``keep=0.5, start=0.5, end=0.9, interval=2``) that saves about
+    ``(end - start) * (1 - keep) / interval`` = 10% of backprop, against about 50% for
+    ``selective-backprop`` at ``beta=1``. Deviation: Composer measures ``start``/``end`` in
+    batches of the whole run; here in epochs (the engine's unit of progress).
+
+    Args:
+        keep: share of a selected batch that is backpropagated, in (0, 1].
+        start, end: the part of the run, as fractions of the planned epochs, where selection runs.
+        interval: select on one batch in every ``interval`` (1: every batch).
+    """
+
+    saving_note = ("backward passes only, and only on the selected batches: those are forwarded twice (selection "
+                   "pass counted as forward-only), the others train in full")
+    needs_selection_pass = True
+
+    def __init__(self, num_samples: int, *, total_epochs: int, seed: int = 0, forward_cost: float = 1.0 / 3.0,
+                 keep: float = 0.5, start: float = 0.5, end: float = 0.9, interval: int = 2) -> None:
+        super().__init__(num_samples, total_epochs=total_epochs, seed=seed, forward_cost=forward_cost)
+        for name, v in (("keep", keep), ("start", start), ("end", end)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1] (Composer: keep=0.5, start=0.5, end=0.9), got {v!r}")
+        if keep == 0.0:
+            raise ValueError("keep must be > 0 (the share of a selected batch that is backpropagated), got 0")
+        if not start < end:
+            raise ValueError(f"start must be below end (the part of the run where selection runs), got {start} >= {end}")
+        self.keep, self.start, self.end = float(keep), float(start), float(end)
+        self.interval = check_int("interval", interval, low=1, hint=" (select on one batch in every interval)")
+        self.batches = 0  # batches seen in the run, for the interval
+
+    def selects_next_batch(self) -> bool:
+        """The first batch of every ``interval``, inside ``[start, end)``; the others train without a selection pass."""
+        first = self.batches % self.interval == 0
+        self.batches += 1
+        return first and self.start <= self.epoch / self.total_epochs < self.end
+
+    def select(self, indices: Tensor, losses: Tensor) -> Tensor:
+        n = losses.shape[0]
+        k = max(1, int(self.keep * n))
+        order = torch.nan_to_num(losses.detach().float(), nan=float("inf")).argsort(descending=True, stable=True)
+        keep = torch.zeros(n, dtype=torch.bool, device=losses.device)
+        keep[order[:k]] = True  # a non-finite loss sorts first: never silently dropped
+        return keep.to(indices.device)
+
+    def policy_state(self) -> Dict[str, Any]:
+        return {"batches": self.batches}
+
+    def load_policy_state(self, state: Dict[str, Any]) -> None:
+        self.batches = int(state["batches"])
