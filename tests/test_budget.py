@@ -293,3 +293,52 @@ def test_select_most_stable_table(values, k, cap, want) -> None:
 def test_target_mode_bad_config(kw, match) -> None:
     with pytest.raises(ValueError, match=match):
         IES(4, **kw)
+
+
+def _water_fill_reference(weights: list, total: float, cap: float) -> float:
+    """The plan as it was written before the closed form: a list of weights and a bisection on a."""
+    if total >= cap * sum(w > 0 for w in weights):
+        return cap if weights[0] > 0 else 0.0
+    lo, hi = 0.0, cap / min(w for w in weights if w > 0)
+    for _ in range(200):
+        a = (lo + hi) / 2
+        if sum(min(cap, a * w) for w in weights) < total:
+            lo = a
+        else:
+            hi = a
+    return min(cap, hi * weights[0])
+
+
+def test_closed_form_plan_equals_the_list_reference_on_random_cases() -> None:
+    from ies.criterion import _water_fill
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        first = int(torch.randint(0, 8, (1,), generator=g))
+        plan = first + int(torch.randint(1, 120, (1,), generator=g))
+        done = int(torch.randint(0, plan, (1,), generator=g))
+        power = int(torch.randint(1, 3, (1,), generator=g))
+        cap = float(torch.randint(1, 1000, (1,), generator=g))
+        weights = [max(j - first + 1, 0) ** power for j in range(done, plan)]
+        if not any(weights):
+            assert _water_fill(done - first + 1, plan - first, power, 10.0, cap) == 0.0
+            continue
+        total = float(torch.rand(1, generator=g)) * cap * sum(w > 0 for w in weights) * 1.1
+        want = _water_fill_reference(weights, total, cap)
+        got = _water_fill(done - first + 1, plan - first, power, total, cap)
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-6), (first, plan, done, power, cap, total)
+
+
+def test_a_long_plan_costs_no_more_than_a_short_one() -> None:
+    # the plan is O(log E): 10**5 epochs plans in well under the time a list of 10**5 weights takes
+    # (counted, not timed: the bisection visits at most log2(E) + 1 counts)
+    from ies import criterion
+
+    calls = []
+    real = criterion._power_sum
+    criterion._power_sum = lambda *a: calls.append(a) or real(*a)
+    try:
+        exclusion_quota(0.2, 1000, 100_000, 50_000, 0.0, schedule="late", first=6, cap=800)
+    finally:
+        criterion._power_sum = real
+    assert 0 < len(calls) <= 20

@@ -21,8 +21,8 @@ from .criterion import history_length
 __all__ = ["IESConfig", "DEFAULT_TARGET_CAP", "MAX_EPOCHS"]
 
 DEFAULT_TARGET_CAP = 0.8  # target mode's per-epoch cap on the excluded share (docs/benchmarks/target.md §6)
-# Longest run planned for (total_epochs, probe intervals): target mode's planner costs O(total_epochs)
-# per step (2.5 s at 100,000 on a 2-core CPU), and probe intervals live in int32 tensors.
+# Longest run planned for (total_epochs, probe intervals): a bound users can see, and probe intervals
+# live in int32 tensors (target mode's planner is O(log total_epochs): criterion._water_fill).
 MAX_EPOCHS = 100_000
 
 

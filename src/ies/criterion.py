@@ -182,21 +182,45 @@ def exclusion_quota(target: float, num_samples: int, total_epochs: int, epochs_d
     if schedule == "even" or left == 1:
         share = remaining / left
     else:
-        power = {"ramp": 1, "late": 2}[schedule]
-        weights = [max(j - first + 1, 0) ** power for j in range(epochs_done, plan)]
-        share = _water_fill(weights, remaining, most)
+        power = {"ramp": 1, "late": 2}[schedule]  # epoch j weighs max(j - first + 1, 0) ** power
+        share = _water_fill(epochs_done - first + 1, plan - first, power, remaining, most)
     return max(0, min(most, math.ceil(share - 1e-9)))
 
 
-def _water_fill(weights: Sequence[float], total: float, cap: float) -> float:
-    """The first entry of ``min(cap, a * w)`` with ``a`` such that the entries sum to ``total``."""
-    if total >= cap * sum(w > 0 for w in weights):
-        return cap if weights[0] > 0 else 0.0
-    lo, hi = 0.0, cap / min(w for w in weights if w > 0)
-    for _ in range(60):  # bisection on a scalar: exact enough for sample counts
-        a = (lo + hi) / 2
-        if sum(min(cap, a * w) for w in weights) < total:
-            lo = a
+def _power_sum(lo: int, hi: int, power: int) -> float:
+    """``sum(u ** power for u in range(lo, hi + 1))`` for ``1 <= lo``, in closed form (0 if ``hi < lo``)."""
+    if hi < lo:
+        return 0.0
+
+    def upto(n: int) -> float:  # Faulhaber: 1 + ... + n, and 1 + 4 + ... + n²
+        return n * (n + 1) / 2 if power == 1 else n * (n + 1) * (2 * n + 1) / 6
+
+    return upto(hi) - upto(lo - 1)
+
+
+def _water_fill(u_first: int, u_last: int, power: int, total: float, cap: float) -> float:
+    """The first entry of ``min(cap, a * max(u, 0) ** power)`` for ``u = u_first..u_last``, with ``a``
+    such that the entries sum to ``total``.
+
+    The weights grow with ``u``, so the entries at the cap are the last ``c``; ``c`` is found by
+    bisection on the count and each sum is in closed form, so a plan over ``E`` epochs costs
+    ``O(log E)``, not ``O(E)`` per epoch.
+    """
+    lo_pos = max(u_first, 1)
+    n_pos = u_last - lo_pos + 1  # entries with a positive weight
+    if n_pos <= 0:
+        return 0.0
+    if total >= cap * n_pos:
+        return cap if u_first > 0 else 0.0
+
+    def scale(c: int) -> float:  # a, when the last c entries sit at the cap
+        return (total - c * cap) / _power_sum(lo_pos, u_last - c, power)
+
+    lo, hi = 0, n_pos - 1  # the fewest capped entries that leave the largest free one under the cap
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if scale(mid) * (u_last - mid) ** power <= cap:
+            hi = mid
         else:
-            hi = a
-    return min(cap, hi * weights[0])
+            lo = mid + 1
+    return min(cap, scale(lo) * u_first ** power) if u_first > 0 else 0.0
