@@ -20,7 +20,7 @@ from .criterion import history_length
 
 __all__ = ["IESConfig", "DEFAULT_TARGET_CAP", "MAX_EPOCHS"]
 
-DEFAULT_TARGET_CAP = 0.8  # target mode's per-epoch cap on the excluded share (docs/benchmarks/target.md §6)
+DEFAULT_TARGET_CAP = 0.8  # target mode's per-epoch cap on the excluded share (docs/benchmarks/target.md §5)
 # Longest run planned for (total_epochs, probe intervals): a bound users can see, and probe intervals
 # live in int32 tensors (target mode's planner is O(log total_epochs): criterion._water_fill).
 MAX_EPOCHS = 100_000
@@ -98,7 +98,7 @@ class IESConfig:
     target_measure: str = "backprop"  # target mode: "backprop" sample-epochs, or "compute" (probing charged)
     # Per-epoch cap on the excluded share. None: 0.8 in target mode (every epoch trains >= 20%, so late
     # epochs keep learning at their low learning rate and no framework sees an empty epoch), no cap in
-    # δ-mode (the paper's rule). Measured in docs/benchmarks/target.md §6.
+    # δ-mode (the paper's rule). Measured in docs/benchmarks/target.md §5.
     max_excluded_fraction: Optional[float] = None
     # Share of the samples chosen to sit out that train anyway each epoch (drawn from seed + epoch),
     # their loss weighted 1/keep_fraction so the expected gradient is the full data's (InfoBatch's
