@@ -45,6 +45,7 @@ class EpochRecords:
         self.bad = torch.zeros((), dtype=torch.bool, device=device)  # off-CPU: a bad index was seen
         # False while every loss written this epoch is known to be finite (step() then skips a pass over N)
         self.maybe_nonfinite = device.type != "cpu"
+        self._untouched = set(KIND_BIT.values())  # kind bits no write has set since the epoch began (none is set)
         self._queue: Dict[str, List[Tuple[Tensor, Tensor]]] = {"train": [], "probe": []}
 
     # ------------------------------------------------------------ counts by kind (0, 1, or 2: more than once)
@@ -56,6 +57,7 @@ class EpochRecords:
     def set_count(self, kind: str, value: Tensor) -> None:
         """Replace the flags of ``kind`` from per-sample counts ``(N,)`` (0, 1, more)."""
         bit, v = KIND_BIT[kind], value.to(self.device)
+        self._untouched.clear()
         keep = self.flags & (0xFF ^ (3 * bit))
         self.flags = keep | (v > 0).to(torch.uint8) * bit | (v > 1).to(torch.uint8) * (bit << 1)
 
@@ -72,6 +74,7 @@ class EpochRecords:
         if self.device.type == "cpu":
             self._queue[kind].append((idx, val))
             return
+        self._untouched.clear()
         lo, hi = torch.aminmax(idx)
         srt = torch.sort(idx).values  # in-call duplicates, on the device (no host sync)
         self.bad |= (lo < 0) | (hi >= self.num_samples) | (srt[1:] == srt[:-1]).any()
@@ -123,7 +126,8 @@ class EpochRecords:
     def _mark(self, idx: Tensor, bit: int, calls: List[Tuple[Tensor, Tensor]], done: List[Tuple[Tensor, Tensor]]) -> None:
         """Set ``bit`` (and "more than once") in the flags of ``idx``; raise on an index repeated in one call."""
         old = self.flags.index_select(0, idx)  # equal for repeated indices, so the scatter below is order-free
-        before = int(torch.count_nonzero(self.flags & bit))
+        before = 0 if bit in self._untouched else int(torch.count_nonzero(self.flags & bit))
+        self._untouched.discard(bit)
         self.flags.scatter_(0, idx, (old | ((old & bit) << 1) | bit) & (0xFF ^ SYNCED))
         done.append((idx, old))
         b = idx.shape[0]
@@ -165,6 +169,7 @@ class EpochRecords:
         indices in ``trained`` and ``probed`` (repeats allowed). Local "more than once" bits of these
         samples are dropped, so every rank ends with the same flags."""
         f = self.flags
+        self._untouched.clear()
         f.index_copy_(0, first, (f.index_select(0, first) & (KIND_BIT["train"] | KIND_BIT["probe"])) | SYNCED)
         for kind, idx in (("train", trained), ("probe", probed)):
             f.index_put_((idx,), f.index_select(0, idx) | KIND_BIT[kind])
@@ -205,6 +210,7 @@ class EpochRecords:
         self._queue = {"train": [], "probe": []}
         self.pending.fill_(float("nan"))
         self.flags.zero_()
+        self._untouched = set(KIND_BIT.values())
         self.maybe_nonfinite = self.device.type != "cpu"
 
 
