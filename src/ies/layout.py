@@ -62,8 +62,8 @@ def _levels(first: int, cap: int) -> int:
 
 def interval_of(doublings: Tensor, first: int, cap: int) -> Tensor:
     """Back-off intervals ``(N,)`` int32: ``min(first * 2**k, cap)``."""
-    return torch.bitwise_left_shift(torch.tensor(first, dtype=torch.int32, device=doublings.device),
-                                    doublings.to(torch.int32)).clamp_(max=cap)
+    base = torch.full(doublings.shape, first, dtype=torch.int32, device=doublings.device)  # a fill, no host copy
+    return base.bitwise_left_shift_(doublings.to(torch.int32)).clamp_(max=cap)
 
 
 def doublings_of(interval: Tensor, first: int, cap: int) -> Tensor:
