@@ -21,8 +21,8 @@ from .criterion import history_length
 __all__ = ["IESConfig", "DEFAULT_TARGET_CAP", "MAX_EPOCHS"]
 
 DEFAULT_TARGET_CAP = 0.8  # target mode's per-epoch cap on the excluded share (docs/benchmarks/target.md §5)
-# Longest run planned for (total_epochs, probe intervals): a bound users can see, and probe intervals
-# live in int32 tensors (target mode's planner is O(log total_epochs): criterion._water_fill).
+# Longest run planned for (total_epochs, probe intervals): a bound users can see (probe intervals
+# are stored as uint8 doublings; target mode's planner is O(log total_epochs): criterion._water_fill).
 MAX_EPOCHS = 100_000
 
 
