@@ -342,3 +342,10 @@ def test_a_long_plan_costs_no_more_than_a_short_one() -> None:
     finally:
         criterion._power_sum = real
     assert 0 < len(calls) <= 20
+
+
+def test_a_compute_target_out_of_reach_with_fixed_probing_is_refused() -> None:
+    # every-epoch probing charges 1/3 per excluded sample-epoch: 0.8 x 24/30 x 2/3 = 0.427 is the reach
+    with pytest.raises(ValueError, match=r"at most 0\.427"):
+        IES(N, target_saving=0.45, total_epochs=E, target_measure="compute", probe_backoff=False)
+    IES(N, target_saving=0.42, total_epochs=E, target_measure="compute", probe_backoff=False)

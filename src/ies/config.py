@@ -178,6 +178,8 @@ class IESConfig:
         plan = self.anneal_start if self.anneal_start is not None else self.total_epochs
         cap = min(self.exclusion_cap, 1.0 - self.keep_fraction)  # of the chosen, keep_fraction train
         reachable = cap * max(0, plan - first) / self.total_epochs
+        if self.target_measure == "compute" and not self.probe_backoff and not self.probe_all:
+            reachable *= 1.0 - self.forward_cost / self.probe_every  # a probed sample-epoch saves 1 - forward_cost
         if s > reachable:
             why = (f"no sample is judged before epoch {first}"
                    f"{', annealing trains all from epoch ' + str(plan) if plan < self.total_epochs else ''}"
