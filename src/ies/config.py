@@ -176,7 +176,7 @@ class IESConfig:
             raise ValueError(f"target_measure must be 'backprop' or 'compute', got {self.target_measure!r}")
         first = history_length(self.order, self.window, self.m)  # the first epoch a sample can be judged
         plan = self.anneal_start if self.anneal_start is not None else self.total_epochs
-        cap = min(self.exclusion_cap, 1.0 - self.keep_fraction)  # of the chosen, keep_fraction train
+        cap = self.target_exclusion_limit
         reachable = cap * max(0, plan - first) / self.total_epochs
         if self.target_measure == "compute" and not self.probe_backoff and not self.probe_all:
             reachable *= 1.0 - self.forward_cost / self.probe_every  # a probed sample-epoch saves 1 - forward_cost
@@ -200,6 +200,12 @@ class IESConfig:
         if self.max_excluded_fraction is not None:
             return float(self.max_excluded_fraction)
         return DEFAULT_TARGET_CAP if self.target_saving is not None else 1.0
+
+    @property
+    def target_exclusion_limit(self) -> float:
+        """Target mode: the largest share one epoch can exclude, the cap and ``keep_fraction`` together
+        (of the chosen samples ``keep_fraction`` train, so at most ``1 - keep_fraction`` of all sit out)."""
+        return min(self.exclusion_cap, 1.0 - self.keep_fraction)
 
     @property
     def removes(self) -> bool:

@@ -30,13 +30,12 @@ def choose_excluded(c: IESConfig, values: Tensor, books: Accounting, num_active:
     criterion first; with ``keep_fraction=p``, ``1/(1-p)`` times as many, since ``p`` of them train.
     """
     n, done = values.shape[0], epoch + 1
-    # max_excluded_fraction (and keep_fraction, which trains that share of the chosen): the most one epoch excludes
-    most = int(min(c.exclusion_cap, 1.0 - c.keep_fraction) * n + 1e-9)
     if c.target_saving is None:
         mastered = values < c.threshold
         if c.exclusion_cap < 1.0:  # the most stable of the mastered, no more than the cap
             mastered = select_most_stable(values.masked_fill(~mastered, float("inf")), int(c.exclusion_cap * n + 1e-9))
         return mastered
+    most = int(c.target_exclusion_limit * n + 1e-9)  # the most one epoch may exclude
     spent = {k: books.total[k] + books.epoch[k] for k in books.epoch}
     gain = 1.0  # what excluding one sample for an epoch saves
     cost = spent["backprop"]
