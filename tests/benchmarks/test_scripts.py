@@ -28,6 +28,7 @@ TINY = {
     "probe_memory.py": (["--tiny"], "peak RSS MiB"),
     "save_cost.py": (["--tiny"], "save per epoch"),
     "tables.py": (["runs", "{runs}"], "| none |"),
+    "text_hf.py": (["--tiny"], "| ies target 0.2 |"),
 }
 
 

@@ -550,7 +550,8 @@ def test_fashion_count_mismatch_names_both_files(tmp_path: Path) -> None:
 def test_dataset_inputs_cover_datasets() -> None:
     from ies.experiments.data import DATASET_INPUTS
 
-    assert set(DATASET_INPUTS) == set(DATASETS) and set(DATASET_INPUTS.values()) <= {"1d", "image", "segmentation", "detection"}
+    assert set(DATASET_INPUTS) == set(DATASETS) and set(DATASET_INPUTS.values()) <= {"1d", "image", "segmentation", "detection",
+                                                                                   "tokens"}
 
 
 def test_read_cifar_refuses_unknown_key(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ __all__ = ["CLIError", "user_errors", "parse_method_spec", "parse_method_specs",
 
 # flag, its RunConfig field, type and help: one per line, parsed once below
 _FLAG_TABLE = """
---dataset          dataset          str   mnist1d (default, generated locally), fashion-mnist, cifar10, cifar100; dense: seg-shapes, det-shapes, voc-seg, voc-det
+--dataset          dataset          str   mnist1d (default, generated locally), fashion-mnist, cifar10, cifar100; dense: seg-shapes, det-shapes, voc-seg, voc-det; text: text-topics
 --data-dir         data_dir         str   folder with the dataset files (fashion-mnist IDX, CIFAR python pickles, the PASCAL VOC folder)
 --train-size       train_size       int   number of training samples (mnist1d default 10000, with a quarter as many test samples)
 --val-fraction     val_fraction     float held-out validation split carved from training data (0 = none)

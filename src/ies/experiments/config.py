@@ -51,6 +51,10 @@ DEFAULTS_BY_DATASET: Dict[str, Dict[str, Any]] = {
                    "lr": 3e-3, "score_batch_size": 128, "eval_batch_size": 128},
     "det-shapes": {"model": "centernet-mini", "train_size": 500, "batch_size": 32, "epochs": 15,
                    "optimizer": "adam-cos", "lr": 3e-3, "score_batch_size": 128, "eval_batch_size": 128},
+    # Text (experiments/text.py): a tiny BERT on 5,000 sentences with 20% of the labels flipped; it peaks
+    # near 10 epochs (longer runs only fit the flipped labels), so 12 (docs/benchmarks/frontier.md).
+    "text-topics": {"model": "tiny-bert", "batch_size": 64, "epochs": 12, "optimizer": "adam-cos", "lr": 1e-3,
+                       "score_batch_size": 1024, "eval_batch_size": 1024},
     "voc-seg": {"model": "deeplab-mini", "batch_size": 16, "epochs": 50, "optimizer": "adam-cos", "lr": 1e-3,
                 "score_batch_size": 32, "eval_batch_size": 32},
     "voc-det": {"model": "centernet-mini", "batch_size": 16, "epochs": 30, "optimizer": "adam-cos", "lr": 1e-3,

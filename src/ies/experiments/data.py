@@ -7,6 +7,8 @@ tensors, already normalized, so the training loop only has to slice and move the
   and cached as ``.npz``.
 * ``fashion-mnist``: parsed from the IDX files (``.gz`` or plain).
 * ``cifar10`` / ``cifar100``: parsed from the standard "python version" pickle batches.
+* ``text-sentiment``: noisy-label sentiment sentences as token ids, generated from ``data_seed``
+  (:mod:`ies.experiments.text`).
 
 No loader downloads anything; a missing dataset raises ``FileNotFoundError`` saying
 where to get it. The file formats are read, and every file checked, in
@@ -42,12 +44,13 @@ __all__ = [
 ]
 
 DATASETS: Tuple[str, ...] = ("mnist1d", "fashion-mnist", "cifar10", "cifar100", "seg-shapes", "det-shapes", "voc-seg",
-                              "voc-det")
-# The kind of input each dataset gives: "1d" = (N, L) signals, "image" = (N, C, H, W) images
+                              "voc-det", "text-topics")
+# The kind of input each dataset gives: "1d" = (N, L) signals, "image" = (N, C, H, W) images, "tokens" = (N, L)
+# integer token ids
 # (models.MODEL_INPUTS says what each model takes; RunConfig.validate compares the two).
 DATASET_INPUTS: Dict[str, str] = {"mnist1d": "1d", "fashion-mnist": "image", "cifar10": "image", "cifar100": "image",
                                   "seg-shapes": "segmentation", "det-shapes": "detection", "voc-seg": "segmentation",
-                                  "voc-det": "detection"}  # dense tasks: experiments/dense/
+                                  "voc-det": "detection", "text-topics": "tokens"}  # dense: experiments/dense/
 
 # Bump when the cached mnist1d arrays change meaning, so stale caches are ignored.
 _MNIST1D_CACHE_VERSION = 1
@@ -57,8 +60,8 @@ _MNIST1D_CACHE_VERSION = 1
 class TensorData:
     """A dataset held as tensors in memory.
 
-    ``x_*`` are float32 (``(N, L)`` for 1-D data, ``(N, C, H, W)`` for images) and
-    ``y_*`` are int64 class indices in ``[0, num_classes)``.
+    ``x_*`` are float32 (``(N, L)`` for 1-D data, ``(N, C, H, W)`` for images) or int64 token ids
+    (``(N, L)`` for text) and ``y_*`` are int64 class indices in ``[0, num_classes)``.
     """
 
     x_train: Tensor
@@ -121,6 +124,11 @@ def load_dataset(
     if key == "mnist1d":
         x_tr, y_tr, x_te, y_te = _load_mnist1d(train_size, data_seed, cache_dir)
         data = TensorData(x_tr, y_tr, x_te, y_te, num_classes=10, name=key, image=False)
+    elif key == "text-topics":
+        from .text import TOPICS, load_text
+
+        x_tr, y_tr, x_te, y_te = load_text(train_size, data_seed)
+        data = TensorData(x_tr, y_tr, x_te, y_te, num_classes=TOPICS, name=key, image=False)
     elif DATASET_INPUTS[key] in ("segmentation", "detection"):
         from .dense.data import load_dense
 
@@ -132,7 +140,7 @@ def load_dataset(
         )
 
     gen = torch.Generator().manual_seed(int(seed))
-    if train_size is not None and key not in ("mnist1d", "seg-shapes", "det-shapes"):  # those generate train_size
+    if train_size is not None and key not in ("mnist1d", "seg-shapes", "det-shapes", "text-topics"):  # generated
         data = _take_train_subset(data, int(train_size), gen)
     if val_fraction > 0.0:
         data = _split_val(data, val_fraction, gen)

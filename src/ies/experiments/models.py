@@ -331,6 +331,12 @@ def _resnet(block: Type[Union[BasicBlock, Bottleneck]], blocks: Sequence[int]) -
     return build
 
 
+def _tiny_bert(*, num_classes: int, in_channels: int, input_length: int, image_size: int) -> nn.Module:
+    from .text import TinyBert  # transformers is imported only when the model is built
+
+    return TinyBert(num_classes, max_len=input_length)
+
+
 def _vgg16(*, num_classes: int, in_channels: int, input_length: int, image_size: int) -> nn.Module:
     return VGG(_VGG16_CFG, num_classes=num_classes, in_channels=in_channels)
 
@@ -350,6 +356,7 @@ MODELS: Dict[str, Builder] = {
     "resnet101": _resnet(Bottleneck, [3, 4, 23, 3]),
     "vgg16": _vgg16,
     "densenet121": _densenet121,
+    "tiny-bert": _tiny_bert,  # (N, L) token ids: transformers' BERT from a config (experiments/text.py)
     **DENSE_MODELS,  # deeplab-mini (segmentation), centernet-mini (detection): dense/models.py
 }
 
@@ -367,6 +374,7 @@ MODEL_INPUTS: Dict[str, str] = {
     "resnet101": "image",
     "vgg16": "image",
     "densenet121": "image",
+    "tiny-bert": "tokens",
     **DENSE_MODEL_INPUTS,
 }
 
