@@ -29,6 +29,7 @@ TINY = {
     "save_cost.py": (["--tiny"], "save per epoch"),
     "tables.py": (["runs", "{runs}"], "| none |"),
     "text_hf.py": (["--tiny"], "| ies target 0.2 |"),
+    "text_who.py": (["--tiny"], "of excluded sample-epochs"),
 }
 
 

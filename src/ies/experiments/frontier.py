@@ -188,11 +188,18 @@ def frontier_table(rows: Sequence[Dict[str, Any]]) -> str:
     return table(head, body)
 
 
+def _is_delta(label: str, method: str) -> bool:
+    """IES without a target: the δ-rule (``ies`` or ``ies(max_excluded_fraction=0.8)``)."""
+    return method == "ies" and "target_saving" not in label
+
+
 def _short(label: str, method: str) -> str:
-    """A plot label: ``IES 50%`` for ``ies(target_measure=compute, target_saving=0.5)``."""
+    """A plot label: ``IES(0.5)`` for ``ies(target_measure=compute, target_saving=0.5)``, ``IES δ-mode, cap 0.8``
+    for ``ies(max_excluded_fraction=0.8)``."""
+    if _is_delta(label, method):
+        return "IES δ-mode" + label[len("ies"):].replace("(max_excluded_fraction=", ", cap ").replace(")", "")
     short = label.replace("target_measure=compute, ", "").replace("target_saving=", "").replace("fraction=", "")
-    return short.replace("ies(", "IES(").replace("random(", "Random(").replace("infobatch", "InfoBatch") \
-        if method != "ies" or "(" in label else "IES δ-mode"
+    return short.replace("ies(", "IES(").replace("random(", "Random(").replace("infobatch", "InfoBatch")
 
 
 def plot_frontier(rows: Sequence[Dict[str, Any]], path: Path, title: str) -> Path:
@@ -208,7 +215,7 @@ def plot_frontier(rows: Sequence[Dict[str, Any]], path: Path, title: str) -> Pat
             ax.errorbar([r[f"{key}_mean"] for r in ps], [r["acc_mean"] for r in ps], yerr=[r["acc_std"] for r in ps],
                         color="black", ls=style, marker="*", capsize=2, label=f"plain, {s} schedule (frontier)")
         for r in (r for r in rows if r["kind"] == "method"):
-            delta = r["method"] == "ies" and "(" not in r["label"]
+            delta = _is_delta(r["label"], r["method"])
             ax.errorbar([r[f"{key}_mean"]], [r["acc_mean"]], yerr=[r["acc_std"]], ls="none", capsize=3, ms=7,
                         marker="D" if delta else "o" if r["method"] == "ies" else "s", alpha=0.85,
                         color="tab:purple" if delta else colors.get(r["method"]), label=_short(r["label"], r["method"]))
