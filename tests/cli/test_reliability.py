@@ -35,9 +35,15 @@ def _without_wall(rows: list) -> list:
     return [{k: v for k, v in r.items() if k not in WALL} for r in rows]
 
 
+def _default_sigint() -> None:
+    # A shell's background job (`pytest ... &`) ignores SIGINT, and a child inherits that; Python then
+    # installs no KeyboardInterrupt handler and the SIGINT test would see a run that never stops.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(argv: list) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ies", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
 
 
 def _wait_for_rows(proc: subprocess.Popen, metrics: Path, n: int = 2) -> None:
