@@ -126,9 +126,7 @@ def load_dataset(
         data = TensorData(x_tr, y_tr, x_te, y_te, num_classes=10, name=key, image=False)
     elif key == "text-topics":
         from .text import TOPICS, load_text
-
-        x_tr, y_tr, x_te, y_te = load_text(train_size, data_seed)
-        data = TensorData(x_tr, y_tr, x_te, y_te, num_classes=TOPICS, name=key, image=False)
+        data = TensorData(*load_text(train_size, data_seed), num_classes=TOPICS, name=key, image=False)
     elif DATASET_INPUTS[key] in ("segmentation", "detection"):
         from .dense.data import load_dense
 

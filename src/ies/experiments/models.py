@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dense.models import DENSE_MODEL_INPUTS, DENSE_MODELS
+from .text import build_tiny_bert
 
 __all__ = [
     "MODELS",
@@ -331,12 +332,6 @@ def _resnet(block: Type[Union[BasicBlock, Bottleneck]], blocks: Sequence[int]) -
     return build
 
 
-def _tiny_bert(*, num_classes: int, in_channels: int, input_length: int, image_size: int) -> nn.Module:
-    from .text import TinyBert  # transformers is imported only when the model is built
-
-    return TinyBert(num_classes, max_len=input_length)
-
-
 def _vgg16(*, num_classes: int, in_channels: int, input_length: int, image_size: int) -> nn.Module:
     return VGG(_VGG16_CFG, num_classes=num_classes, in_channels=in_channels)
 
@@ -356,7 +351,7 @@ MODELS: Dict[str, Builder] = {
     "resnet101": _resnet(Bottleneck, [3, 4, 23, 3]),
     "vgg16": _vgg16,
     "densenet121": _densenet121,
-    "tiny-bert": _tiny_bert,  # (N, L) token ids: transformers' BERT from a config (experiments/text.py)
+    "tiny-bert": build_tiny_bert,  # (N, L) token ids: transformers' BERT from a config (text.py)
     **DENSE_MODELS,  # deeplab-mini (segmentation), centernet-mini (detection): dense/models.py
 }
 
@@ -366,14 +361,8 @@ MODELS: Dict[str, Builder] = {
 MODEL_INPUTS: Dict[str, str] = {
     "mnist1d-cnn": "1d",
     "mlp-1d": "1d",
-    "mlp": "image",
-    "small-cnn": "image",
-    "resnet18": "image",
-    "resnet34": "image",
-    "resnet50": "image",
-    "resnet101": "image",
-    "vgg16": "image",
-    "densenet121": "image",
+    **{m: "image" for m in ("mlp", "small-cnn", "resnet18", "resnet34", "resnet50", "resnet101", "vgg16",
+                            "densenet121")},
     "tiny-bert": "tokens",
     **DENSE_MODEL_INPUTS,
 }

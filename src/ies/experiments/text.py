@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from .noise import symmetric_noise
 
-__all__ = ["VOCAB_SIZE", "SEQ_LEN", "LABEL_NOISE", "TEST_SIZE", "topic_sentences", "TOPICS", "load_text", "TinyBert"]
+__all__ = ["VOCAB_SIZE", "SEQ_LEN", "LABEL_NOISE", "TEST_SIZE", "topic_sentences", "TOPICS", "load_text", "TinyBert",
+           "build_tiny_bert"]
 
 VOCAB_SIZE = 1408  # 2 specials, 8 x 160 topic words, 126 neutral words
 SEQ_LEN = 25  # [CLS] + up to 24 words, padded with 0
@@ -55,7 +56,8 @@ def topic_sentences(n: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
     length = torch.randint(MIN_WORDS, MAX_WORDS + 1, (n,), generator=gen)
     words = torch.randint(_FIRST_NEUTRAL, VOCAB_SIZE, (n, SEQ_LEN - 1), generator=gen)
     # KEYWORDS distinct places inside each sentence's length
-    places = torch.argsort(torch.rand(n, SEQ_LEN - 1, generator=gen) + (torch.arange(SEQ_LEN - 1) >= length[:, None]), 1)
+    past_end = torch.arange(SEQ_LEN - 1) >= length[:, None]
+    places = torch.argsort(torch.rand(n, SEQ_LEN - 1, generator=gen) + past_end, 1)
     words.scatter_(1, places[:, :KEYWORDS], keywords)
     words = torch.where(torch.arange(SEQ_LEN - 1) < length[:, None], words, torch.full_like(words, PAD))
     return torch.cat([torch.full((n, 1), CLS, dtype=torch.long), words], 1), y
@@ -91,3 +93,8 @@ class TinyBert(nn.Module):
             raise ValueError(f"tiny-bert takes token ids (an integer tensor), got {x.dtype}; use the text-sentiment "
                              "dataset or another integer-token dataset")
         return self.bert(input_ids=x, attention_mask=(x != PAD).long()).logits
+
+
+def build_tiny_bert(*, num_classes: int, in_channels: int, input_length: int, image_size: int) -> nn.Module:
+    """The ``tiny-bert`` entry of :data:`ies.experiments.models.MODELS`: positions for ``input_length`` tokens."""
+    return TinyBert(num_classes, max_len=input_length)
