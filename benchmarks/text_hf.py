@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
 from ies.experiments import tables  # noqa: E402
-from ies.experiments.text import SEQ_LEN, TOPICS, TinyBert, load_text  # noqa: E402
+from ies.experiments.text import PAD, SEQ_LEN, TOPICS, TinyBert, load_text  # noqa: E402
 from ies.integrations.huggingface import IESTrainer  # noqa: E402
 
 METHODS = {"none (threshold 0)": {"threshold": 0.0}, "ies δ-mode (default)": {},
@@ -33,20 +33,20 @@ METHODS = {"none (threshold 0)": {"threshold": 0.0}, "ies δ-mode (default)": {}
 
 def one_run(rule: dict, seed: int, data: tuple, epochs: int) -> dict:
     x_tr, y_tr, x_te, y_te = data
-    rows = [{"input_ids": x, "attention_mask": (x != 0).long(), "labels": int(y)} for x, y in zip(x_tr, y_tr)]
+    rows = [{"input_ids": x, "attention_mask": (x != PAD).long(), "labels": int(y)} for x, y in zip(x_tr, y_tr)]
     torch.manual_seed(seed)
-    model = TinyBert(TOPICS, max_len=SEQ_LEN).bert  # the engine's tiny-bert, unwrapped for the Trainer
+    model = TinyBert(TOPICS, max_len=SEQ_LEN)  # the engine's tiny-bert; the Trainer trains the BERT inside
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(out, num_train_epochs=epochs, per_device_train_batch_size=64, learning_rate=1e-3,
                                  lr_scheduler_type="cosine", weight_decay=0.0, save_strategy="no",
                                  logging_strategy="no", use_cpu=True, report_to="none", disable_tqdm=True, seed=seed)
-        trainer = IESTrainer(model=model, args=args, train_dataset=rows, ies_kwargs=rule)
+        trainer = IESTrainer(model=model.bert, args=args, train_dataset=rows, ies_kwargs=rule)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             trainer.train()
     model.eval()
     with torch.no_grad():
-        logits = model(input_ids=x_te, attention_mask=(x_te != 0).long()).logits
+        logits = model(x_te)
     s = trainer.ies_callback.summary
     return {"acc": 100.0 * float((logits.argmax(1) == y_te).float().mean()), "epochs": trainer.ies.epoch,
             "backprop_saved": float(s["backprop_saved"]), "compute_saved": float(s["compute_saved"])}

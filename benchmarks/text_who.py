@@ -16,20 +16,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ies.experiments.config import RunConfig
 from ies.experiments.engine import run_training
-from ies.experiments.text import KEYWORDS, TOPIC_WORDS, _FIRST_NEUTRAL, load_text
-
-
-def flipped_mask(train_size: int, data_seed: int) -> np.ndarray:
-    """True where the training label is not the topic that owns two of the sentence's keywords."""
-    x, y, _, _ = load_text(train_size, data_seed)
-    owner = torch.where((x >= 2) & (x < _FIRST_NEUTRAL), (x - 2) // TOPIC_WORDS, torch.full_like(x, -1))
-    votes = torch.stack([(owner == t).sum(1) for t in range(int(owner.max()) + 1)], 1)
-    assert bool((votes.sum(1) == KEYWORDS).all())
-    return (votes.argmax(1) != y).numpy()
+from ies.experiments.text import flipped_mask
 
 
 def line(name: str, excluded: np.ndarray, flipped: np.ndarray) -> str:
@@ -47,7 +37,8 @@ def main() -> None:
         cfg = RunConfig(dataset="text-topics", train_size=200, epochs=10, batch_size=50, method="ies",
                         method_params={"target_saving": 0.2})
         res = run_training(cfg)
-        print(line("tiny ies(target_saving=0.2)", res.per_sample["times_excluded"].numpy(), flipped_mask(200, 42)))
+        excluded = res.per_sample["times_excluded"].numpy()
+        print(line("tiny ies(target_saving=0.2)", excluded, flipped_mask(200, 42).numpy()))
         return
     if a.sweep is None:
         p.error("give a sweep folder (e.g. runs/frontier-text) or --tiny")
@@ -56,7 +47,7 @@ def main() -> None:
         if cfg["dataset"] != "text-topics" or cfg["method"] != "ies" or not (run / "per_sample.npz").exists():
             continue
         excluded = np.load(run / "per_sample.npz")["times_excluded"]
-        print(line(run.name, excluded, flipped_mask(cfg["train_size"] or len(excluded), cfg["data_seed"])))
+        print(line(run.name, excluded, flipped_mask(cfg["train_size"], cfg["data_seed"]).numpy()))
 
 
 if __name__ == "__main__":

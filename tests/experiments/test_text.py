@@ -37,8 +37,9 @@ def test_data_is_a_function_of_data_seed_and_only_train_labels_are_noisy():
     assert not torch.equal(a[0], c[0])
     x_tr, y_tr, x_te, y_te = a
     clean = [int(torch.mode(o[o >= 0]).values) for o in _topics_of(x_tr)]  # the topic with two words
-    flipped = int((torch.tensor(clean) != y_tr).sum())
-    assert flipped == round(T.LABEL_NOISE * 1000)
+    flipped = torch.tensor(clean) != y_tr
+    assert int(flipped.sum()) == round(T.LABEL_NOISE * 1000)
+    assert torch.equal(T.flipped_mask(1000, 5), flipped)  # what benchmarks/text_who.py reads
     test_clean = torch.tensor([int(torch.mode(o[o >= 0]).values) for o in _topics_of(x_te)])
     assert torch.equal(test_clean, y_te)
 

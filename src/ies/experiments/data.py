@@ -7,8 +7,8 @@ tensors, already normalized, so the training loop only has to slice and move the
   and cached as ``.npz``.
 * ``fashion-mnist``: parsed from the IDX files (``.gz`` or plain).
 * ``cifar10`` / ``cifar100``: parsed from the standard "python version" pickle batches.
-* ``text-sentiment``: noisy-label sentiment sentences as token ids, generated from ``data_seed``
-  (:mod:`ies.experiments.text`).
+* ``text-topics``: topic sentences as token ids, 20% of the training labels flipped, generated from
+  ``data_seed`` (:mod:`ies.experiments.text`).
 
 No loader downloads anything; a missing dataset raises ``FileNotFoundError`` saying
 where to get it. The file formats are read, and every file checked, in

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from .noise import symmetric_noise
 
-__all__ = ["VOCAB_SIZE", "SEQ_LEN", "LABEL_NOISE", "TEST_SIZE", "topic_sentences", "TOPICS", "load_text", "TinyBert",
-           "build_tiny_bert"]
+__all__ = ["VOCAB_SIZE", "SEQ_LEN", "LABEL_NOISE", "TEST_SIZE", "topic_sentences", "TOPICS", "load_text",
+           "flipped_mask", "TinyBert", "build_tiny_bert"]
 
 VOCAB_SIZE = 1408  # 2 specials, 8 x 160 topic words, 126 neutral words
 SEQ_LEN = 25  # [CLS] + up to 24 words, padded with 0
@@ -58,19 +58,28 @@ def topic_sentences(n: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
     # KEYWORDS distinct places inside each sentence's length
     past_end = torch.arange(SEQ_LEN - 1) >= length[:, None]
     places = torch.argsort(torch.rand(n, SEQ_LEN - 1, generator=gen) + past_end, 1)
-    words.scatter_(1, places[:, :KEYWORDS], keywords)
-    words = torch.where(torch.arange(SEQ_LEN - 1) < length[:, None], words, torch.full_like(words, PAD))
+    words = words.scatter(1, places[:, :KEYWORDS], keywords).masked_fill(past_end, PAD)
     return torch.cat([torch.full((n, 1), CLS, dtype=torch.long), words], 1), y
 
 
-def load_text(train_size: int | None, data_seed: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Train ids, *noisy* train labels, test ids, clean test labels, from ``data_seed`` alone."""
+def _generate(train_size: int | None, data_seed: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     n = DEFAULT_TRAIN_SIZE if train_size is None else int(train_size)
     gen = torch.Generator().manual_seed(int(data_seed))
     x_tr, y_clean = topic_sentences(n, gen)
     x_te, y_te = topic_sentences(TEST_SIZE, gen)
-    y_tr, _ = symmetric_noise(y_clean, LABEL_NOISE, TOPICS, seed=int(data_seed) + 1)
+    y_tr, flipped = symmetric_noise(y_clean, LABEL_NOISE, TOPICS, seed=int(data_seed) + 1)
+    return x_tr, y_tr, flipped, x_te, y_te
+
+
+def load_text(train_size: int | None, data_seed: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Train ids, *noisy* train labels, test ids, clean test labels, from ``data_seed`` alone."""
+    x_tr, y_tr, _, x_te, y_te = _generate(train_size, data_seed)
     return x_tr, y_tr, x_te, y_te
+
+
+def flipped_mask(train_size: int | None, data_seed: int) -> Tensor:
+    """``(N,)`` bool: which of :func:`load_text`'s training labels were flipped."""
+    return _generate(train_size, data_seed)[2]
 
 
 class TinyBert(nn.Module):
@@ -90,7 +99,7 @@ class TinyBert(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype.is_floating_point:
-            raise ValueError(f"tiny-bert takes token ids (an integer tensor), got {x.dtype}; use the text-sentiment "
+            raise ValueError(f"tiny-bert takes token ids (an integer tensor), got {x.dtype}; use the text-topics "
                              "dataset or another integer-token dataset")
         return self.bert(input_ids=x, attention_mask=(x != PAD).long()).logits
 
